@@ -1,0 +1,58 @@
+"""The record of one agent trace: exact token ids, masks and tool statistics."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+TraceFinish = Literal["answer", "eos", "max_steps", "budget", "error"]
+
+
+@dataclass
+class Trace:
+    """One sampled solution.
+
+    completion_ids is the concatenation, in order, of the ids the engine generated and the ids of
+    the tokenized observations ("```output\\n...\\n```\\n" blocks). env_mask has one entry per
+    completion id: 1 for a model token, 0 for an observation token. logprobs has one entry per
+    completion id: the engine's logprob on model tokens, 0.0 on observation tokens.
+    text is the decoding of completion_ids (for display and grading; never re-encoded).
+    """
+
+    prompt_ids: list[int]
+    completion_ids: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    env_mask: list[int] = field(default_factory=list)
+    text: str = ""
+    model_tokens: int = 0
+    tool_tokens: int = 0
+    tool_calls: int = 0
+    tool_errors: int = 0
+    tool_timeouts: int = 0
+    steps: int = 0
+    finish_reason: TraceFinish = "eos"
+    error: str | None = None
+
+    @property
+    def used_tool_successfully(self) -> bool:
+        """At least one snippet ran without error or timeout (the code_use reward)."""
+        return self.tool_calls - self.tool_errors - self.tool_timeouts > 0
+
+    def sample_record(self) -> dict:
+        """The per-sample dict of the generated-file record (DESIGN.md)."""
+        rec = {
+            "text": self.text,
+            "model_tokens": self.model_tokens,
+            "tool_tokens": self.tool_tokens,
+            "tool_calls": self.tool_calls,
+            "tool_errors": self.tool_errors,
+            "tool_timeouts": self.tool_timeouts,
+            "steps": self.steps,
+            "finish_reason": self.finish_reason,
+        }
+        if self.error:
+            rec["error"] = self.error
+        return rec
+
+    def to_dict(self) -> dict:
+        return asdict(self)
