@@ -1,0 +1,180 @@
+"""MathAgent: the DeepMath inline tool-call loop on top of smolagents' CodeAgent.
+
+One agent solves one trace. Semantics (the paper's format):
+- The model generates inside its own assistant turn until `</tool_call>` (kept), EOS, or its
+  token budget. Each generation call is one smolagents step.
+- The code between `<tool_call>` and `</tool_call>` runs in the trace's sandbox session; the
+  result is appended as "```output\\n...\\n```" tokens and generation continues in the same turn
+  (no new chat turn, no "Observation:" prefix).
+- A step whose text (outside its tool call) contains `\\boxed` ends the trace ("answer").
+- `max_steps` caps tool rounds: after `max_steps` executed snippets the model gets one more
+  generation; a tool call there is not executed and the trace ends with "max_steps".
+- `max_agent_output` caps the trace's generated tokens, model and observation tokens together:
+  each step's max_tokens is the remainder (and at most `max_new_tokens`); an observation that
+  does not fit is cut to the remainder and the trace ends with "budget".
+- Token ids are kept exactly: completion_ids = model ids + tokenized observations, env_mask
+  1/0, logprobs from the engine and 0.0 on observation tokens.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import lru_cache
+from typing import Any
+
+import yaml
+from smolagents import CodeAgent
+from smolagents.agents import ActionOutput
+from smolagents.monitoring import LogLevel
+
+from deep_math.agent.config import TOOL_CLOSE, TOOL_OPEN, AgentConfig
+from deep_math.agent.executor import SandboxExecutor, format_observation
+from deep_math.agent.model import EngineModel
+from deep_math.agent.trace import Trace
+
+log = logging.getLogger(__name__)
+
+BOXED_MARKERS = ("\\boxed", "\\fbox")
+
+
+@lru_cache(maxsize=1)
+def _prompt_templates() -> dict:
+    # smolagents requires its template keys; DeepMath builds prompts itself (deep_math/prompts.py),
+    # so load smolagents' own templates once instead of re-reading the YAML for every trace.
+    import importlib.resources
+
+    text = importlib.resources.files("smolagents.prompts").joinpath("code_agent.yaml").read_text()
+    return yaml.safe_load(text)
+
+
+def split_tool_call(step_text: str) -> tuple[str, str | None]:
+    """(text before the last `<tool_call>`, the code inside it) for a step that ended at
+    `</tool_call>`; code is None when the step has no opening tag."""
+    body = step_text[: -len(TOOL_CLOSE)] if step_text.endswith(TOOL_CLOSE) else step_text
+    start = body.rfind(TOOL_OPEN)
+    if start < 0:
+        return step_text, None
+    return body[:start], body[start + len(TOOL_OPEN) :].strip("\n")
+
+
+def has_answer(text: str) -> bool:
+    return any(marker in text for marker in BOXED_MARKERS)
+
+
+class MathAgent(CodeAgent):
+    """A CodeAgent whose model is a DeepMath engine and whose executor is a sandbox session.
+
+    Use `solve(prompt_ids) -> Trace`; it never raises: an engine or sandbox failure ends the
+    trace with finish_reason "error" and the message in `Trace.error`.
+    """
+
+    def __init__(
+        self,
+        model: EngineModel,
+        session: Any,
+        config: AgentConfig,
+        max_new_tokens: int | None = None,
+    ):
+        super().__init__(
+            tools=[],
+            model=model,
+            prompt_templates=_prompt_templates(),
+            executor=SandboxExecutor(session),
+            code_block_tags=(TOOL_OPEN, TOOL_CLOSE),
+            max_steps=config.max_steps + 1,
+            verbosity_level=LogLevel.OFF,
+        )
+        self.config = config
+        self.max_new_tokens = max_new_tokens or config.max_agent_output
+        self.tokenizer = model.engine.tokenizer
+        self.trace: Trace | None = None
+
+    # --- public API -------------------------------------------------------------------------
+    def solve(self, prompt_ids: list[int], task: str = "") -> Trace:
+        self.trace = Trace(prompt_ids=list(prompt_ids))
+        try:
+            self.run(task or "DeepMath trace", max_steps=self.config.max_steps + 1)
+        except Exception as exc:  # noqa: BLE001 - any failure becomes this trace's typed error
+            log.warning("Trace failed: %s: %s", type(exc).__name__, exc)
+            self.trace.finish_reason = "error"
+            self.trace.error = f"{type(exc).__name__}: {exc}"
+        self.trace.text = self.tokenizer.decode(
+            self.trace.completion_ids, skip_special_tokens=False, clean_up_tokenization_spaces=False
+        )
+        return self.trace
+
+    # --- smolagents hooks -------------------------------------------------------------------
+    def _step_stream(self, memory_step):
+        trace = self.trace
+        remaining = self.config.max_agent_output - len(trace.completion_ids)
+        if remaining <= 0:
+            trace.finish_reason = "budget"
+            yield ActionOutput(output=None, is_final_answer=True)
+            return
+        result = self.model.generate_ids(
+            trace.prompt_ids + trace.completion_ids,
+            max_tokens=min(remaining, self.max_new_tokens),
+            stop=[TOOL_CLOSE],
+            step=trace.steps,
+        )
+        trace.steps += 1
+        self._append(result.token_ids, result.logprobs, model=True)
+        memory_step.model_output = result.text
+
+        before_call, code = (
+            split_tool_call(result.text) if result.finish_reason == "stop" else (result.text, None)
+        )
+        if has_answer(before_call):
+            trace.finish_reason = "answer"
+        elif result.finish_reason == "eos":
+            trace.finish_reason = "eos"
+        elif result.finish_reason == "length":
+            trace.finish_reason = "budget"
+        elif trace.tool_calls >= self.config.max_steps:
+            trace.finish_reason = "max_steps"
+        else:
+            self._execute(code, memory_step)
+            yield ActionOutput(output=None, is_final_answer=trace.finish_reason == "budget")
+            return
+        yield ActionOutput(output=None, is_final_answer=True)
+
+    def _handle_max_steps_reached(self, task: str) -> Any:
+        # smolagents would ask the model for a final answer in a new chat turn; DeepMath ends.
+        self.trace.finish_reason = "max_steps"
+        return None
+
+    # --- helpers ----------------------------------------------------------------------------
+    def _execute(self, code: str | None, memory_step) -> None:
+        trace = self.trace
+        trace.tool_calls += 1
+        if code is None:
+            observation = f"\n```output\nError: {TOOL_CLOSE} without an opening {TOOL_OPEN}.\n```\n"
+            trace.tool_errors += 1
+        else:
+            memory_step.code_action = code
+            self.python_executor(code)
+            result = self.python_executor.last_result
+            if result.timed_out:
+                trace.tool_timeouts += 1
+            elif result.error:
+                trace.tool_errors += 1
+            if getattr(result, "replay_error", None):
+                log.warning("Sandbox session replay failed: %s", result.replay_error)
+            observation = format_observation(result)
+        memory_step.observations = observation
+        obs_ids = self.tokenizer.encode(observation, add_special_tokens=False)
+        remaining = self.config.max_agent_output - len(trace.completion_ids)
+        if len(obs_ids) >= remaining:
+            obs_ids = obs_ids[:remaining]
+            trace.finish_reason = "budget"
+        self._append(obs_ids, [0.0] * len(obs_ids), model=False)
+
+    def _append(self, ids: list[int], logprobs: list[float], model: bool) -> None:
+        trace = self.trace
+        trace.completion_ids.extend(ids)
+        trace.logprobs.extend(logprobs)
+        trace.env_mask.extend([1 if model else 0] * len(ids))
+        if model:
+            trace.model_tokens += len(ids)
+        else:
+            trace.tool_tokens += len(ids)

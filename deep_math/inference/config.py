@@ -1,0 +1,96 @@
+"""Schema of configs/inference.yaml (validated after Hydra composes it)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+ENGINE_KWARGS = {
+    "transformers": ("model_name_or_path", "device", "dtype", "lora_path", "max_batch_size"),
+    "vllm": (
+        "model_name_or_path",
+        "lora_path",
+        "tensor_parallel_size",
+        "data_parallel_size",
+        "gpu_memory_utilization",
+        "max_model_len",
+    ),
+    "server": ("base_url",),
+}
+
+
+@dataclass
+class GenerationConfig:
+    """Sampling of every generation call. max_new_tokens caps one step (one generation call);
+    model.max_agent_output caps the whole trace."""
+
+    temperature: float = 0.6
+    top_p: float = 0.95
+    top_k: int = 20
+    max_new_tokens: int = 3000
+    seed: int = 42
+
+
+@dataclass
+class ModelConfig:
+    model_name_or_path: str | None = None  # None: the embedded SmolLM2-135M-Instruct
+    engine: str = "transformers"
+    math_agent: bool = True
+    lora_path: str | None = None
+    sampling: int = 1  # samples per problem (16 for maj@16)
+    template: str | None = None  # None: "agent" with math_agent, else "baseline"
+    examples: str | None = "deep_math/fewshot.txt"  # few-shot examples (agent template only)
+    max_steps: int = 50
+    max_agent_output: int = 5000
+    max_concurrency: int = 64
+    sandbox_timeout: float = 20.0
+    device: str = "auto"
+    dtype: str = "auto"
+    max_batch_size: int = 32
+    tensor_parallel_size: int = 1
+    data_parallel_size: int = 1
+    gpu_memory_utilization: float = 0.9
+    max_model_len: int | None = None
+    base_url: str = "http://127.0.0.1:8000"
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+
+    def __post_init__(self) -> None:
+        if self.sampling < 1:
+            raise ValueError(f"model.sampling must be >= 1, got {self.sampling}")
+        if self.template is None:
+            self.template = "agent" if self.math_agent else "baseline"
+
+    def engine_kwargs(self) -> dict[str, Any]:
+        names = ENGINE_KWARGS.get(self.engine, ())
+        return {name: getattr(self, name) for name in names}
+
+
+@dataclass
+class InferenceConfig:
+    hf_tag: str | None = None  # hub dataset tag or local .jsonl/.parquet; None: bundled sample
+    split: str = "test"
+    problem_key: str = "problem"
+    answer_key: str = "answer"
+    id_key: str = "id"
+    limit: int | None = None
+    generated_file: str = "outputs/generated.jsonl"
+    overwrite: bool = False  # start the generated file afresh instead of resuming it
+    progress: bool = True
+    model: ModelConfig = field(default_factory=ModelConfig)
+
+    def __post_init__(self) -> None:
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"limit must be >= 1 (or null for all), got {self.limit}")
+
+
+def _use_vllm(value: Any, data: dict) -> None:
+    if value:
+        data.setdefault("model", {})["engine"] = "vllm"
+
+
+# The paper's command-line keys that are not schema keys, mapped onto the schema.
+LEGACY_KEYS = {
+    "model.use_vllm": _use_vllm,
+    "model.generation.max_tokens": "model.generation.max_new_tokens",
+    "dataset": "hf_tag",
+}

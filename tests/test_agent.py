@@ -1,0 +1,196 @@
+"""Agent loop semantics, driven deterministically by the scripted engine."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from deep_math.agent import AgentConfig
+from deep_math.agent.runner import AgentRunner
+from deep_math.engines.base import EngineError, SamplingParams
+from deep_math.engines.scripted import ScriptedEngine
+from deep_math.sandbox import Sandbox
+
+CALL = "<tool_call>\n{code}\n</tool_call>"
+
+
+@pytest.fixture(scope="module")
+def sandbox():
+    with Sandbox(timeout=2.0, memory_mb=2048, max_output_chars=2000) as sb:
+        yield sb
+
+
+class RecordingEngine:
+    """Wraps an engine and records every result it returned, to check ids exactly."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.name = inner.name
+        self.tokenizer = inner.tokenizer
+        self.results = []
+
+    def generate(self, requests):
+        out = self.inner.generate(requests)
+        self.results.extend(out)
+        return out
+
+    def close(self):
+        self.inner.close()
+
+
+def run_one(tokenizer, sandbox, script, **cfg):
+    engine = RecordingEngine(ScriptedEngine(tokenizer, script))
+    runner = AgentRunner(engine, AgentConfig(**cfg), sandbox=sandbox)
+    prompt = tokenizer.encode("Problem: what is 6*7?")
+    trace = runner.run_one(prompt, SamplingParams(temperature=0.0, max_tokens=10_000))
+    return trace, engine
+
+
+def test_tool_call_is_executed_and_folded_into_the_same_turn(tokenizer, sandbox):
+    script = ["Compute it. " + CALL.format(code="x = 6 * 7\nprint(x)"), " So the answer is \\boxed{42}."]
+    trace, _ = run_one(tokenizer, sandbox, script)
+    assert trace.finish_reason == "answer"
+    assert "</tool_call>\n```output\n42\n```\n So the answer" in trace.text
+    assert "Observation" not in trace.text
+    assert (trace.tool_calls, trace.tool_errors, trace.steps) == (1, 0, 2)
+
+
+def test_variables_persist_across_snippets_of_one_trace(tokenizer, sandbox):
+    script = [
+        CALL.format(code="import sympy as sp\nroots = sp.solve(sp.Symbol('x')**2 - 9)"),
+        CALL.format(code="print(sum(r**2 for r in roots))"),
+        "\\boxed{18}",
+    ]
+    trace, _ = run_one(tokenizer, sandbox, script)
+    assert "```output\n18\n```" in trace.text
+    assert trace.tool_errors == 0 and trace.tool_calls == 2
+
+
+def test_completion_ids_are_engine_ids_plus_tokenized_observations(tokenizer, sandbox):
+    script = [
+        "Let me try " + CALL.format(code="print(1/3)"),
+        "and " + CALL.format(code="print('é ∑ ok')"),
+        " done \\boxed{1/3}",
+    ]
+    trace, engine = run_one(tokenizer, sandbox, script)
+    obs = ["\n```output\n0.3333333333333333\n```\n", "\n```output\né ∑ ok\n```\n"]
+    expected_ids, expected_mask, expected_lp = [], [], []
+    for k, result in enumerate(engine.results):
+        expected_ids += result.token_ids
+        expected_mask += [1] * len(result.token_ids)
+        expected_lp += result.logprobs
+        if k < len(obs):
+            o = tokenizer.encode(obs[k], add_special_tokens=False)
+            expected_ids += o
+            expected_mask += [0] * len(o)
+            expected_lp += [0.0] * len(o)
+    assert trace.completion_ids == expected_ids
+    assert trace.env_mask == expected_mask
+    assert trace.logprobs == expected_lp
+    assert trace.model_tokens == sum(expected_mask)
+    assert trace.tool_tokens == len(expected_mask) - sum(expected_mask)
+    assert trace.text == tokenizer.decode(expected_ids, clean_up_tokenization_spaces=False)
+
+
+def test_boxed_answer_ends_the_trace_even_with_a_pending_tool_call(tokenizer, sandbox):
+    script = ["The answer is \\boxed{3}. " + CALL.format(code="print(3)"), "never reached"]
+    trace, engine = run_one(tokenizer, sandbox, script)
+    assert trace.finish_reason == "answer"
+    assert trace.tool_calls == 0 and len(engine.results) == 1
+
+
+def test_max_steps_caps_tool_rounds_exactly(tokenizer, sandbox):
+    trace, engine = run_one(tokenizer, sandbox, lambda req, i: CALL.format(code=f"print({i})"), max_steps=3)
+    assert trace.finish_reason == "max_steps"
+    assert trace.tool_calls == 3
+    assert len(engine.results) == 4  # three executed rounds, then one last generation
+    assert "```output\n2\n```" in trace.text and "```output\n3\n```" not in trace.text
+
+
+def test_max_agent_output_caps_total_tokens_exactly(tokenizer, sandbox):
+    long = "word " * 500
+    trace, engine = run_one(tokenizer, sandbox, [long], max_agent_output=37)
+    assert trace.finish_reason == "budget"
+    assert len(trace.completion_ids) == 37
+    # with tool calls: each step's max_tokens is the remainder, observations count
+    script = lambda req, i: "x" + CALL.format(code="print('y' * 40)")  # noqa: E731
+    trace, engine = run_one(tokenizer, sandbox, script, max_agent_output=60)
+    assert len(trace.completion_ids) == 60
+    assert trace.finish_reason == "budget"
+    assert trace.env_mask[-1] == 0  # the budget ran out inside an observation, which was cut
+
+
+def test_each_step_gets_the_remaining_budget(tokenizer, sandbox):
+    script = lambda req, i: "a" + CALL.format(code="print(7)")  # noqa: E731
+    trace, engine = run_one(tokenizer, sandbox, script, max_agent_output=200, max_steps=3)
+    seen = 0
+    mask = trace.env_mask
+    for req in engine.inner.requests:
+        assert req.sampling.max_tokens == 200 - seen
+        # advance past this step's model tokens and the following observation
+        while seen < len(mask) and mask[seen] == 1:
+            seen += 1
+        while seen < len(mask) and mask[seen] == 0:
+            seen += 1
+
+
+def test_eos_finish(tokenizer, sandbox):
+    trace, _ = run_one(tokenizer, sandbox, ["I give up." + tokenizer.eos_token])
+    assert trace.finish_reason == "eos"
+    assert trace.completion_ids[-1] == tokenizer.eos_token_id
+
+
+def test_sandbox_timeout_becomes_a_tool_result_and_the_trace_goes_on(tokenizer, sandbox):
+    script = [CALL.format(code="while True:\n    pass"), CALL.format(code="print('alive')"), "\\boxed{0}"]
+    trace, _ = run_one(tokenizer, sandbox, script)
+    assert trace.tool_timeouts == 1
+    assert "```output\nalive\n```" in trace.text
+    assert trace.finish_reason == "answer"
+
+
+def test_snippet_error_is_shown_to_the_model(tokenizer, sandbox):
+    trace, _ = run_one(tokenizer, sandbox, [CALL.format(code="1/0"), "\\boxed{1}"])
+    assert trace.tool_errors == 1
+    assert "ZeroDivisionError" in trace.text
+
+
+def test_engine_error_ends_only_that_trace(tokenizer, sandbox):
+    def script(req, i):
+        if req.prompt_ids[-1] == 999:
+            raise EngineError("server returned 500: out of memory")
+        return "\\boxed{1}"
+
+    runner = AgentRunner(ScriptedEngine(tokenizer, script), AgentConfig(), sandbox=sandbox)
+    traces = runner.run([[1, 2, 3], [1, 2, 999], [4, 5]], SamplingParams())
+    assert [t.finish_reason for t in traces] == ["answer", "error", "answer"]
+    assert "out of memory" in traces[1].error
+    assert traces[1].completion_ids == [] and traces[1].text == ""
+
+
+def test_runner_keeps_traces_in_flight_together(tokenizer, sandbox):
+    in_flight, peak, lock = [0], [0], threading.Lock()
+
+    def script(req, i):
+        with lock:
+            in_flight[0] += 1
+            peak[0] = max(peak[0], in_flight[0])
+        time.sleep(0.05)
+        with lock:
+            in_flight[0] -= 1
+        return "\\boxed{2}"
+
+    runner = AgentRunner(ScriptedEngine(tokenizer, script), AgentConfig(max_concurrency=8), sandbox=sandbox)
+    traces = runner.run([[1, k] for k in range(16)], SamplingParams())
+    assert all(t.finish_reason == "answer" for t in traces)
+    assert peak[0] >= 4  # bounded by max_concurrency=8, far above one-at-a-time
+
+
+def test_baseline_mode_is_one_plain_generation(tokenizer):
+    engine = ScriptedEngine(tokenizer, ["Reasoning... " + CALL.format(code="print(1)") + " \\boxed{5}"])
+    runner = AgentRunner(engine, AgentConfig(), use_agent=False)
+    trace = runner.run_one([1, 2], SamplingParams(max_tokens=100))
+    assert engine.requests[0].sampling.stop == []
+    assert trace.tool_calls == 0 and trace.env_mask == [1] * len(trace.completion_ids)
+    assert trace.finish_reason == "answer"

@@ -1,0 +1,130 @@
+"""inference.py: records, resume after kill -9, config errors, the paper's overrides."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from deep_math.config_utils import ConfigError, to_schema
+from deep_math.inference.config import LEGACY_KEYS, InferenceConfig
+from deep_math.inference.records import GeneratedFile
+
+REPO = Path(__file__).resolve().parents[1]
+
+# A child process that runs inference on the bundled problems with a slow scripted engine.
+CHILD = textwrap.dedent(
+    """
+    import sys, time
+    from deep_math.engines.scripted import ScriptedEngine
+    from deep_math.inference.config import InferenceConfig, ModelConfig
+    from deep_math.inference.run import run_inference
+    from deep_math.models import load_tokenizer
+
+    def script(req, i):
+        time.sleep(0.15)
+        return "Use code. <tool_call>\\nprint(2 + 2)\\n</tool_call>" if i % 2 == 0 else " so \\\\boxed{4}"
+
+    engine = ScriptedEngine(load_tokenizer(None), script)
+    cfg = InferenceConfig(generated_file=sys.argv[1], limit=int(sys.argv[2]), progress=False,
+                          model=ModelConfig(sampling=2, max_concurrency=1))
+    print(run_inference(cfg, engine=engine).line(), flush=True)
+    """
+)
+
+
+def read_records(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_resume_after_kill_9_gives_exactly_n_records(tmp_path):
+    out = tmp_path / "gen.jsonl"
+    cmd = [sys.executable, "-c", CHILD, str(out), "8"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while time.time() < deadline and (not out.exists() or len(out.read_text().splitlines()) < 3):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    partial = read_records(out)
+    assert 3 <= len(partial) < 8, "the kill should land midway"
+    # simulate a write cut short by the kill: a truncated last line
+    with open(out, "a") as fh:
+        fh.write('{"id": "sample-0')
+    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"({len(partial)} already done)" in done.stdout
+    records = read_records(out)
+    ids = [r["id"] for r in records]
+    assert len(records) == 8 and len(set(ids)) == 8
+    assert records[: len(partial)] == partial  # earlier records untouched
+    for r in records:
+        assert len(r["samples"]) == 2 and len(r["text"]) == 2
+        assert r["samples"][0]["tool_calls"] == 1 and r["samples"][0]["finish_reason"] == "answer"
+        assert "```output\n4\n```" in r["text"][0]
+        assert set(r["samples"][0]) >= {
+            "text", "model_tokens", "tool_tokens", "tool_calls", "tool_errors",
+            "tool_timeouts", "steps", "finish_reason",
+        }
+        assert r["meta"]["samples"] == 2 and r["meta"]["agent"] is True
+
+
+def test_resume_refuses_a_file_made_with_other_settings(tmp_path):
+    path = tmp_path / "g.jsonl"
+    with GeneratedFile(path, {"model": "a", "samples": 1}) as f:
+        f.write({"id": "1", "meta": {"model": "a", "samples": 1}})
+    with pytest.raises(ValueError, match="other settings.*samples"):
+        GeneratedFile(path, {"model": "a", "samples": 4})
+    with GeneratedFile(path, {"model": "a", "samples": 4}, overwrite=True) as f:
+        assert f.done_ids == set()
+
+
+def test_unknown_key_lists_valid_ones():
+    with pytest.raises(ConfigError, match=r"'sampels'.*Did you mean 'sampling'.*Valid keys"):
+        to_schema({"model": {"sampels": 4}}, InferenceConfig)
+
+
+def test_paper_overrides_map_onto_the_schema():
+    cfg = to_schema(
+        {
+            "hf_tag": "HuggingFaceH4/MATH-500",
+            "generated_file": "x.jsonl",
+            "model": {
+                "use_vllm": True,
+                "math_agent": True,
+                "examples": "deep_math/fewshot.txt",
+                "max_agent_output": 20000,
+                "max_steps": 50,
+                "generation": {"max_new_tokens": 3000},
+            },
+        },
+        InferenceConfig,
+        LEGACY_KEYS,
+    )
+    assert cfg.model.engine == "vllm" and cfg.model.max_agent_output == 20000
+    assert cfg.model.template == "agent" and cfg.model.generation.max_new_tokens == 3000
+
+
+def test_hydra_cli_accepts_the_paper_overrides_and_rejects_typos(tmp_path):
+    base = [sys.executable, "inference.py", "--cfg", "job"]
+    ok = subprocess.run(
+        base + ["+model.use_vllm=true", "+model.math_agent=true", "+model.examples=deep_math/fewshot.txt",
+                "+model.max_agent_output=20000", "+model.max_steps=50", "model.generation.max_new_tokens=3000",
+                "hf_tag=HuggingFaceH4/MATH-500", f"generated_file={tmp_path}/o.jsonl"],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    bad = subprocess.run(
+        [sys.executable, "inference.py", "+model.max_step=5", f"generated_file={tmp_path}/o.jsonl"],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )
+    assert bad.returncode != 0
+    assert "max_step" in bad.stderr and "Did you mean 'max_steps'" in bad.stderr
