@@ -115,7 +115,7 @@ def test_max_agent_output_caps_total_tokens_exactly(tokenizer, sandbox):
     assert trace.finish_reason == "budget"
     assert len(trace.completion_ids) == 37
     # with tool calls: each step's max_tokens is the remainder, observations count
-    script = lambda req, i: "x" + CALL.format(code="print('y' * 40)")  # noqa: E731
+    script = lambda req, i: "x" + CALL.format(code="print('y z ' * 200)")  # noqa: E731
     trace, engine = run_one(tokenizer, sandbox, script, max_agent_output=60)
     assert len(trace.completion_ids) == 60
     assert trace.finish_reason == "budget"
@@ -170,21 +170,24 @@ def test_engine_error_ends_only_that_trace(tokenizer, sandbox):
 
 
 def test_runner_keeps_traces_in_flight_together(tokenizer, sandbox):
-    in_flight, peak, lock = [0], [0], threading.Lock()
+    class SlowEngine(RecordingEngine):
+        in_flight = peak = 0
+        lock = threading.Lock()
 
-    def script(req, i):
-        with lock:
-            in_flight[0] += 1
-            peak[0] = max(peak[0], in_flight[0])
-        time.sleep(0.05)
-        with lock:
-            in_flight[0] -= 1
-        return "\\boxed{2}"
+        def generate(self, requests):
+            with self.lock:
+                self.in_flight += 1
+                self.peak = max(self.peak, self.in_flight)
+            time.sleep(0.05)  # a model call: other traces must be able to wait on it together
+            with self.lock:
+                self.in_flight -= 1
+            return super().generate(requests)
 
-    runner = AgentRunner(ScriptedEngine(tokenizer, script), AgentConfig(max_concurrency=8), sandbox=sandbox)
+    engine = SlowEngine(ScriptedEngine(tokenizer, lambda req, i: "\\boxed{2}"))
+    runner = AgentRunner(engine, AgentConfig(max_concurrency=8), sandbox=sandbox)
     traces = runner.run([[1, k] for k in range(16)], SamplingParams())
     assert all(t.finish_reason == "answer" for t in traces)
-    assert peak[0] >= 4  # bounded by max_concurrency=8, far above one-at-a-time
+    assert 4 <= engine.peak <= 8  # bounded by max_concurrency=8, far above one-at-a-time
 
 
 def test_baseline_mode_is_one_plain_generation(tokenizer):

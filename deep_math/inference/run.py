@@ -147,7 +147,8 @@ def run_inference(cfg: InferenceConfig, engine=None) -> RunSummary:
             stats["errors"] += trace.finish_reason == "error"
             stats["answered"] += trace.finish_reason == "answer"
             if len(pending[i]) == m.sampling:
-                traces = [pending.pop(i)[s] for s in range(m.sampling)]
+                done = pending.pop(i)
+                traces = [done[s] for s in range(m.sampling)]
                 out.write(make_record(problems[i], ids[i], traces, meta))
                 bar.update(1)
             elapsed = time.perf_counter() - start

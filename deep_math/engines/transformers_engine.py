@@ -1,0 +1,308 @@
+"""The default engine: Hugging Face transformers `generate`, micro-batched across threads.
+
+How a batch is generated
+- Callers from many threads call `generate`; their requests go into one queue. A single worker
+  thread waits up to `batch_wait_ms` after the first request for more, takes at most
+  `max_batch_size`, runs ONE `model.generate` over all of them (left padding) and resolves each
+  caller's futures. Errors become `EngineError` on every affected request, never fake text.
+- Sampling is done per row by our own logits processor (`RowSampler`) while `generate` itself runs
+  greedy: the processor applies each row's temperature, top-k and top-p, draws the row's token
+  with `torch.multinomial` from the row's own `torch.Generator`, and hands `generate` a score row
+  whose argmax is that token. So requests with different sampling params share one batch, and a
+  request with a `seed` gets the same random stream whatever else is in its batch (outputs match
+  up to the float differences padding can cause). Temperature 0 rows take the argmax.
+- Stop strings and max_tokens are per row too (`RowStops` stops a row early to save compute;
+  finished rows are padded by `generate`). The authoritative cut is done afterwards by
+  `deep_math.engines.stops.cut_generation` on the generated ids: first stop string at token
+  granularity (its last token kept), first EOS (kept), or max_tokens.
+
+Logprobs ("processed" mode, the default): log_softmax of the scores the token was drawn from —
+the model's logits after temperature scaling and top-k/top-p masking (renormalized over the
+kept tokens) — at the sampled id. For greedy rows that is the raw model log-probability.
+"raw" mode: log_softmax of the unprocessed logits (temperature 1), like vLLM's default.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import torch
+from transformers import LogitsProcessor, StoppingCriteria
+
+from deep_math.engines.base import GenRequest, GenResult, SamplingParams
+from deep_math.engines.batching import BatchStats, MicroBatcher
+from deep_math.engines.stops import cut_generation, decode, result_text
+from deep_math.models import load_model, load_tokenizer, resolve_device
+
+log = logging.getLogger(__name__)
+
+LogprobsMode = Literal["processed", "raw"]
+
+
+class RowSampler(LogitsProcessor):
+    """Per-row temperature / top-k / top-p sampling inside a greedy `generate`.
+
+    Must be the last logits processor (transformers appends custom processors after its own
+    defaults, and with do_sample=False it adds no warpers after them). Returns scores that are
+    0 at the chosen token and -inf elsewhere, so generate's argmax picks exactly our choice.
+    `logprobs` holds one (batch,) tensor per generated position."""
+
+    def __init__(
+        self,
+        rows: Sequence[SamplingParams],
+        generators: Sequence[torch.Generator | None],
+        device: torch.device,
+        mode: LogprobsMode = "processed",
+    ):
+        self.temperature = torch.tensor([r.temperature for r in rows], dtype=torch.float32, device=device)
+        self.greedy = self.temperature == 0
+        self.top_k = [r.top_k if r.temperature > 0 else 0 for r in rows]
+        self.top_p = torch.tensor(
+            [r.top_p if r.temperature > 0 else 1.0 for r in rows], dtype=torch.float32, device=device
+        )
+        self.generators = list(generators)
+        self.mode = mode
+        self.logprobs: list[torch.Tensor] = []
+
+    def _mask_top_k(self, scores: torch.Tensor) -> torch.Tensor:
+        vocab = scores.shape[-1]
+        ks = [k if 0 < k < vocab else vocab for k in self.top_k]
+        if all(k == vocab for k in ks):
+            return scores
+        kth = scores.topk(max(ks), dim=-1).values  # (B, kmax), sorted descending
+        idx = torch.tensor([k - 1 for k in ks], device=scores.device).unsqueeze(1)
+        threshold = kth.gather(1, idx)
+        full = torch.tensor([k == vocab for k in ks], device=scores.device).unsqueeze(1)
+        return scores.masked_fill((scores < threshold) & ~full, float("-inf"))
+
+    def _mask_top_p(self, scores: torch.Tensor) -> torch.Tensor:
+        if bool((self.top_p >= 1).all()):
+            return scores
+        sorted_scores, order = scores.sort(dim=-1, descending=True)
+        probs = sorted_scores.softmax(dim=-1)
+        mass_before = probs.cumsum(dim=-1) - probs
+        # Keep the smallest prefix whose mass reaches top_p: drop a token once the mass before it
+        # already does. The top token is always kept; rows with top_p == 1 keep everything.
+        drop_sorted = (mass_before >= self.top_p.unsqueeze(1)) & (self.top_p < 1).unsqueeze(1)
+        drop_sorted[:, 0] = False
+        drop = torch.zeros_like(drop_sorted).scatter(1, order, drop_sorted)
+        return scores.masked_fill(drop, float("-inf"))
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        raw = scores.float()
+        temperature = torch.where(self.greedy, torch.ones_like(self.temperature), self.temperature)
+        processed = self._mask_top_p(self._mask_top_k(raw / temperature.unsqueeze(1)))
+        log_probs = torch.log_softmax(processed, dim=-1)
+        choice = processed.argmax(dim=-1)
+        for row, generator in enumerate(self.generators):
+            if not bool(self.greedy[row]):
+                choice[row] = torch.multinomial(log_probs[row].exp(), 1, generator=generator)[0]
+        source = log_probs if self.mode == "processed" else torch.log_softmax(raw, dim=-1)
+        self.logprobs.append(source.gather(1, choice.unsqueeze(1)).squeeze(1))
+        out = torch.full_like(scores, float("-inf"))
+        return out.scatter_(1, choice.unsqueeze(1), 0.0)
+
+
+class RowStops(StoppingCriteria):
+    """Marks a row finished once it reached its max_tokens or its new text contains one of its
+    stop strings. Only saves compute: the exact cut is made afterwards from the ids."""
+
+    def __init__(self, tokenizer, prompt_len: int, rows: Sequence[SamplingParams]):
+        self.tokenizer = tokenizer
+        self.prompt_len = prompt_len
+        self.stops = [[s for s in r.stop if s] for r in rows]
+        self.max_tokens = [r.max_tokens for r in rows]
+        # A character takes at most 4 byte-level tokens; decode a tail long enough to hold any
+        # stop string that ends at the newest token.
+        self.tail = [4 * max((len(s) for s in stops), default=0) + 2 for stops in self.stops]
+
+    def __call__(
+        self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any
+    ) -> torch.BoolTensor:
+        n_new = input_ids.shape[1] - self.prompt_len
+        done = []
+        for row, stops in enumerate(self.stops):
+            finished = n_new >= self.max_tokens[row]
+            if not finished and stops:
+                start = max(self.prompt_len, input_ids.shape[1] - self.tail[row])
+                text = decode(self.tokenizer, input_ids[row, start:].tolist())
+                finished = any(s in text for s in stops)
+            done.append(finished)
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+
+class TransformersEngine:
+    """Engine on a local transformers model (CPU or CUDA). See the module docstring.
+
+    model_name_or_path: None -> embedded SmolLM2-135M-Instruct; a folder; or a hub id.
+    device: "auto" -> CUDA if available. lora_path: adapter merged into the weights at load;
+    requests naming another adapter fail (this engine serves one set of weights; use vllm for
+    several adapters). tokenizer/model: pass already-loaded objects to skip loading.
+    max_batch_size/batch_wait_ms: micro-batching limits (see module docstring).
+    logprobs_mode: "processed" (default) or "raw" (see module docstring).
+    """
+
+    name = "transformers"
+
+    def __init__(
+        self,
+        model_name_or_path: str | None = None,
+        device: str = "auto",
+        dtype: Any = "auto",
+        lora_path: str | None = None,
+        max_batch_size: int = 32,
+        batch_wait_ms: float = 5.0,
+        tokenizer: Any = None,
+        model: Any = None,
+        logprobs_mode: LogprobsMode = "processed",
+    ):
+        if logprobs_mode not in ("processed", "raw"):
+            raise ValueError(f"logprobs_mode must be 'processed' or 'raw', got {logprobs_mode!r}")
+        if tokenizer is None or isinstance(tokenizer, str):
+            tokenizer = load_tokenizer(tokenizer or model_name_or_path)
+        self.tokenizer = tokenizer
+        if model is None:
+            model = load_model(
+                model_name_or_path, dtype=dtype, device=resolve_device(device), lora_path=lora_path
+            )
+        self.model = model.eval()
+        self.device = next(self.model.parameters()).device
+        self.lora_path = lora_path
+        self.logprobs_mode: LogprobsMode = logprobs_mode
+
+        self._eos_ids = self._collect_eos_ids()
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self._eos_ids)
+        self._pad_id: int = pad
+        # Held while generating and while weights are replaced, so a weight update never lands
+        # in the middle of a generate call.
+        self._model_lock = threading.Lock()
+        self._batcher = MicroBatcher(
+            self._run_batch,
+            max_batch_size,
+            batch_wait_ms / 1000.0,
+            name=self.name,
+            reject=self._reject_reason,
+        )
+
+    def _collect_eos_ids(self) -> frozenset[int]:
+        ids: set[int] = set()
+        for source in (self.model.generation_config.eos_token_id, self.tokenizer.eos_token_id):
+            if isinstance(source, int):
+                ids.add(source)
+            elif source:
+                ids.update(source)
+        if not ids:
+            raise ValueError("TransformersEngine needs an EOS token id (tokenizer or generation_config)")
+        return frozenset(ids)
+
+    # ---- public API -------------------------------------------------------------------------
+
+    @property
+    def stats(self) -> BatchStats:
+        """Batches run, their sizes, tokens generated, seconds spent generating."""
+        return self._batcher.stats
+
+    def generate(self, requests: list[GenRequest]) -> list[GenResult]:
+        """Blocks until all `requests` are done; may share a batch with other threads' requests.
+        Raises EngineError if any of them failed."""
+        return self._batcher.submit(requests)
+
+    def update_weights(self, named_tensors: dict[str, torch.Tensor]) -> None:
+        """Copy new values into the model's parameters/buffers by name (weight sync from a
+        trainer). Waits for a generate in flight to finish. Names may carry a "module." or peft
+        "base_model.model." prefix. Raises KeyError for unknown names and ValueError for shape
+        mismatches, before changing anything."""
+        state = self.model.state_dict()
+        resolved: list[tuple[torch.Tensor, torch.Tensor]] = []
+        for name, tensor in named_tensors.items():
+            key = name
+            for prefix in ("module.", "base_model.model."):
+                key = key.removeprefix(prefix)
+            if key not in state:
+                raise KeyError(f"update_weights: unknown parameter '{name}' (e.g. {list(state)[:3]})")
+            if tuple(state[key].shape) != tuple(tensor.shape):
+                raise ValueError(
+                    f"update_weights: '{name}' has shape {tuple(tensor.shape)}, model has {tuple(state[key].shape)}"
+                )
+            resolved.append((state[key], tensor))
+        with self._model_lock, torch.no_grad():
+            for target, tensor in resolved:
+                target.copy_(tensor.to(device=target.device, dtype=target.dtype))
+
+    def close(self) -> None:
+        """Finish the batch in flight and stop the worker; queued requests fail. Idempotent."""
+        self._batcher.close()
+
+    def __enter__(self) -> TransformersEngine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- batches ----------------------------------------------------------------------------
+
+    def _reject_reason(self, request: GenRequest) -> str | None:
+        if not request.prompt_ids:
+            return "empty prompt: GenRequest.prompt_ids must hold at least one token id"
+        if request.lora_path and request.lora_path != self.lora_path:
+            return (
+                f"the transformers engine serves one set of weights (lora_path={self.lora_path!r}); "
+                f"request asked for lora_path={request.lora_path!r}. Use engine=vllm for several adapters."
+            )
+        return None
+
+    def _generators(self, rows: Sequence[SamplingParams]) -> list[torch.Generator | None]:
+        generators: list[torch.Generator | None] = []
+        for r in rows:
+            if r.temperature == 0:
+                generators.append(None)
+                continue
+            g = torch.Generator(device=self.device)
+            g.manual_seed(r.seed if r.seed is not None else secrets.randbits(63))
+            generators.append(g)
+        return generators
+
+    def _run_batch(self, requests: list[GenRequest]) -> list[GenResult]:
+        rows = [r.sampling for r in requests]
+        width = max(len(r.prompt_ids) for r in requests)
+        input_ids = torch.full((len(requests), width), self._pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(requests), width), dtype=torch.long)
+        for i, r in enumerate(requests):  # left padding: all prompts end at the same column
+            input_ids[i, width - len(r.prompt_ids) :] = torch.tensor(r.prompt_ids, dtype=torch.long)
+            attention_mask[i, width - len(r.prompt_ids) :] = 1
+        sampler = RowSampler(rows, self._generators(rows), self.device, self.logprobs_mode)
+        with self._model_lock, torch.inference_mode():
+            sequences = self.model.generate(
+                input_ids=input_ids.to(self.device),
+                attention_mask=attention_mask.to(self.device),
+                do_sample=False,
+                max_new_tokens=max(r.max_tokens for r in rows),
+                logits_processor=[sampler],
+                stopping_criteria=[RowStops(self.tokenizer, width, rows)],
+                eos_token_id=sorted(self._eos_ids),
+                pad_token_id=self._pad_id,
+                # Neutralize sampling knobs a checkpoint's generation_config may carry.
+                temperature=None,
+                top_p=None,
+                top_k=None,
+            )
+        new_ids = sequences[:, width:].tolist()
+        logprobs = torch.stack(sampler.logprobs, dim=1).tolist() if sampler.logprobs else [[] for _ in rows]
+        results = []
+        for ids, lps, sampling in zip(new_ids, logprobs, rows, strict=True):
+            cut = cut_generation(self.tokenizer, ids, sampling.stop, self._eos_ids, sampling.max_tokens)
+            kept = ids[: cut.n_tokens]
+            results.append(
+                GenResult(
+                    token_ids=kept,
+                    logprobs=lps[: cut.n_tokens],
+                    text=result_text(self.tokenizer, kept, cut.finish_reason),
+                    finish_reason=cut.finish_reason,
+                    stop_string=cut.stop_string,
+                )
+            )
+        return results

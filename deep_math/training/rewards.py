@@ -1,0 +1,129 @@
+"""Reward functions for GRPO, configured by name as `{name: weight}`.
+
+Each reward is a plain TRL reward function `(completions, answer, **kwargs) -> list[float | None]`:
+one value per completion, `None` where the completion cannot be scored. TRL turns `None` into NaN;
+a completion for which every reward is None gets advantage 0 (no learning signal), which is how
+failed rollouts (`trace_error` set by the rollout) are kept out of training instead of being
+scored as wrong answers.
+
+- `accuracy`: 1.0 when the answer extracted from the completion (the evaluation extractor, which
+  ignores `<tool_call>` code and `output` blocks) is equivalent to the gold answer under
+  math-verify, else 0.0.
+- `code_use`: 1.0 when the trace executed at least one snippet successfully (no error, no
+  timeout), else 0.0. Reads the `tool_calls` / `tool_errors` / `tool_timeouts` columns that the
+  rollout adds; without them (a plain generation) it is 0.0.
+
+The paper's weights are accuracy 0.1, code_use 1.0 (`DEFAULT_REWARD_WEIGHTS`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from deep_math.config_utils import ConfigError, unknown_name_error
+
+log = logging.getLogger(__name__)
+
+RewardFunc = Callable[..., list[float | None]]
+
+DEFAULT_REWARD_WEIGHTS: dict[str, float] = {"accuracy": 0.1, "code_use": 1.0}
+
+
+def completion_text(completion: Any) -> str:
+    """The text of one completion: a string, or TRL's conversational form `[{"role", "content"}]`."""
+    if isinstance(completion, str):
+        return completion
+    if isinstance(completion, Sequence) and completion and isinstance(completion[-1], Mapping):
+        return "".join(str(m.get("content") or "") for m in completion)
+    return str(completion)
+
+
+def _failed(kwargs: Mapping[str, Any], n: int) -> list[bool]:
+    errors = kwargs.get("trace_error")
+    if errors is None:
+        return [False] * n
+    return [bool(e) for e in errors]
+
+
+def _gold(answer: Sequence[Any] | None, solution: Sequence[Any] | None, n: int) -> list[str]:
+    golds = answer if answer is not None else solution
+    if golds is None:
+        raise ValueError("accuracy reward needs a gold answer column ('answer' or 'solution')")
+    if len(golds) != n:
+        raise ValueError(f"accuracy reward got {n} completions but {len(golds)} gold answers")
+    return [str(g) for g in golds]
+
+
+def accuracy(
+    completions: Sequence[Any],
+    answer: Sequence[Any] | None = None,
+    solution: Sequence[Any] | None = None,
+    **kwargs: Any,
+) -> list[float | None]:
+    """1.0 if the completion's extracted answer matches the gold answer, else 0.0 (None: failed trace)."""
+    from deep_math.evaluation.extract import extract_answer
+    from deep_math.evaluation.grading import is_correct
+
+    n = len(completions)
+    golds = _gold(answer, solution, n)
+    failed = _failed(kwargs, n)
+    rewards: list[float | None] = []
+    for completion, gold, bad in zip(completions, golds, failed, strict=True):
+        if bad:
+            rewards.append(None)
+            continue
+        prediction = extract_answer(completion_text(completion))
+        rewards.append(1.0 if is_correct(prediction, gold) else 0.0)
+    return rewards
+
+
+def code_use(
+    completions: Sequence[Any],
+    tool_calls: Sequence[int] | None = None,
+    tool_errors: Sequence[int] | None = None,
+    tool_timeouts: Sequence[int] | None = None,
+    **kwargs: Any,
+) -> list[float | None]:
+    """1.0 if the trace ran at least one snippet without error or timeout, else 0.0 (None: failed trace)."""
+    n = len(completions)
+    failed = _failed(kwargs, n)
+    if tool_calls is None:
+        return [None if bad else 0.0 for bad in failed]
+    errors = tool_errors if tool_errors is not None else [0] * n
+    timeouts = tool_timeouts if tool_timeouts is not None else [0] * n
+    rewards: list[float | None] = []
+    for calls, errs, touts, bad in zip(tool_calls, errors, timeouts, failed, strict=True):
+        if bad:
+            rewards.append(None)
+        else:
+            rewards.append(1.0 if int(calls) - int(errs) - int(touts) > 0 else 0.0)
+    return rewards
+
+
+REWARDS: dict[str, RewardFunc] = {"accuracy": accuracy, "code_use": code_use}
+
+
+def get_reward(name: str) -> RewardFunc:
+    """The reward function registered as `name`; unknown names raise ConfigError listing the known ones."""
+    try:
+        return REWARDS[name]
+    except KeyError:
+        raise unknown_name_error("reward", str(name), list(REWARDS)) from None
+
+
+def build_rewards(weights: Mapping[str, float] | None = None) -> tuple[list[RewardFunc], list[float]]:
+    """(reward functions, weights) in the mapping's order, for `GRPOTrainer(reward_funcs=...)` and
+    `GRPOConfig(reward_weights=...)`. None -> the paper's `DEFAULT_REWARD_WEIGHTS`."""
+    weights = dict(DEFAULT_REWARD_WEIGHTS if weights is None else weights)
+    if not weights:
+        raise ConfigError(f"rewards is empty; set at least one of {sorted(REWARDS)}, e.g. {DEFAULT_REWARD_WEIGHTS}")
+    funcs, values = [], []
+    for name, weight in weights.items():
+        funcs.append(get_reward(name))
+        try:
+            values.append(float(weight))
+        except (TypeError, ValueError):
+            raise ConfigError(f"reward weight for '{name}' must be a number, got {weight!r}") from None
+    return funcs, values

@@ -1,0 +1,119 @@
+"""GRPO on a tiny random model: observation tokens get no loss; a 2-step run with local rollouts."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from deep_math.agent.config import AgentConfig
+from deep_math.data import Problem
+from deep_math.engines.scripted import ScriptedEngine
+from deep_math.training.builders import build_trainer, load_policy
+from deep_math.training.sources import RunnerTraceSource
+from tests.training_helpers import CALL, tiny_config, tiny_model_dir
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+PROBLEM = Problem(id="p1", problem="What is 6*7?", answer="42")
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tokenizer, tmp_path_factory):
+    return tiny_model_dir(tokenizer, tmp_path_factory.mktemp("tiny") / "model")
+
+
+def scripted_source(tokenizer):
+    """Traces 0 and 2 use the tool successfully, 1 and 3 answer without it (reward variance)."""
+    with_tool = [CALL.format(code="print(6*7)"), " so \\boxed{42}<|im_end|>"]
+
+    def reply(request, index):
+        # one trace per prompt position: with max_concurrency=1 traces run in order
+        return with_tool[reply.step] if reply.trace % 2 == 0 else "\\boxed{42}<|im_end|>"
+
+    reply.trace, reply.step = 0, 0
+
+    def script(request, index):
+        text = reply(request, index)
+        if reply.trace % 2 == 0 and reply.step == 0:
+            reply.step = 1
+        else:
+            reply.trace, reply.step = reply.trace + 1, 0
+        return text
+
+    engine = ScriptedEngine(tokenizer, script)
+    return RunnerTraceSource(engine, AgentConfig(max_steps=2, max_agent_output=48, max_concurrency=1))
+
+
+def test_observation_tokens_get_no_loss(tokenizer, tiny_dir, tmp_path):
+    cfg = tiny_config(tiny_dir, tmp_path / "out", rewards={"code_use": 1.0})
+    model, tok = load_policy(cfg)
+    trainer = build_trainer(cfg, [PROBLEM], model=model, tokenizer=tok, source=scripted_source(tokenizer))
+    try:
+        trainer.model.train()
+        trainer.current_gradient_accumulation_steps = 1  # set by Trainer's loop otherwise
+        batch = [{"prompt": PROBLEM.problem, "answer": "42", "problem_id": "p1"} for _ in range(4)]
+        inputs = trainer._generate_and_score_completions(batch)
+        env = inputs["tool_mask"] * inputs["completion_mask"]
+        assert (inputs["tool_mask"] == 0).any(), "scripted traces contain observation tokens"
+        assert inputs["advantages"].abs().sum() > 0
+
+        captured = {}
+        original = trainer._get_per_token_logps_and_entropies
+
+        def capture(*args, **kwargs):
+            logps, entropies, aux = original(*args, **kwargs)
+            logps.retain_grad()
+            captured["logps"] = logps
+            return logps, entropies, aux
+
+        trainer._get_per_token_logps_and_entropies = capture
+        loss = trainer.compute_loss(trainer.model, inputs)
+        loss.backward()
+        grad = captured["logps"].grad
+        assert grad is not None
+        obs = (inputs["tool_mask"] == 0) & (inputs["completion_mask"] == 1)
+        assert torch.all(grad[obs] == 0), "observation tokens must get no gradient"
+        assert torch.any(grad[env.bool()] != 0), "model tokens do get gradient"
+    finally:
+        trainer.deep_math_rollout.close()
+
+
+def distinct_chars(completions, **kwargs):
+    """A test reward that varies between random-model completions (the real ones are all 0)."""
+    return [float(len(set(c)) % 5) for c in completions]
+
+
+def test_two_step_grpo_with_local_policy_rollouts(tiny_dir, tmp_path, monkeypatch):
+    from peft import PeftModel
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    from deep_math.training import rewards
+
+    monkeypatch.setitem(rewards.REWARDS, "distinct_chars", distinct_chars)
+    out = tmp_path / "out"
+    cfg = tiny_config(tiny_dir, out, rewards={"code_use": 1.0, "distinct_chars": 1.0})
+    model, tok = load_policy(cfg)
+    trainer = build_trainer(cfg, [PROBLEM, Problem("p2", "What is 2+2?", "4")], model=model, tokenizer=tok)
+    temps = []
+    original = trainer.deep_math_rollout.sampling
+    trainer.deep_math_rollout.sampling = lambda t, n: temps.append((t.temperature, t.loss_temperature)) or original(t, n)
+    try:
+        trainer.train()
+        engine = trainer.deep_math_rollout.source.engine
+        assert engine.model is trainer.model  # rollouts sample from the trained (peft) model itself
+    finally:
+        trainer.deep_math_rollout.close()
+    trainer.save_model(str(out))
+    assert not any(k.startswith("eval_") for k in trainer.state.log_history[0]), "rollouts ran in train mode"
+
+    assert temps == [(1.2, 1.2), (0.95, 0.95)]  # schedule 1.2 -> 0.7 over steps 0..2
+    assert (out / "checkpoint-1").is_dir() and (out / "checkpoint-2").is_dir()
+    adapter = load_file(out / "adapter_model.safetensors")
+    assert any(k.endswith("lora_B.weight") and v.abs().sum() > 0 for k, v in adapter.items()), "LoRA moved"
+    config = json.loads((out / "adapter_config.json").read_text())
+    assert config["r"] == 4 and config["use_rslora"] is True
+    base = AutoModelForCausalLM.from_pretrained(tiny_dir)
+    PeftModel.from_pretrained(base, str(out))  # a standard peft adapter folder
