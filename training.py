@@ -1,8 +1,8 @@
 """GRPO training of the DeepMath agent (TRL GRPOTrainer; each completion is a full agent trace).
 
-    python training.py                                     # embedded SmolLM2, bundled problems, 2 CPU steps
-    python training.py --config-name training_paper        # the paper's settings (GPU)
-    accelerate launch --config_file configs/zero2.yaml training.py --config-name training_paper
+python training.py                                     # embedded SmolLM2, bundled problems, 2 CPU steps
+python training.py --config-name training_paper        # the paper's settings (GPU)
+accelerate launch --config_file configs/zero2.yaml training.py --config-name training_paper
 """
 
 import logging

@@ -225,16 +225,24 @@ def hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def _from_pretrained(loader: Callable[..., Any], name_or_path: str | None, **kwargs: Any) -> Any:
+def _from_pretrained(
+    loader: Callable[..., Any],
+    name_or_path: str | None,
+    offline_extra: dict[str, Any] | None = None,
+    **kwargs: Any,
+) -> Any:
     """Call `loader(path, **kwargs)` with errors that say what to do.
 
     A hub id with the Hub unreachable is loaded from the local HF cache only
-    (`local_files_only=True`); if it is not there, ModelLoadError with the "not reachable" text."""
+    (`local_files_only=True`, plus `offline_extra`); if it is not there, ModelLoadError with the
+    "not reachable" text."""
     path = resolve_model_path(name_or_path)
     local = Path(path).is_dir()
     offline = not local and not hub_reachable()
     try:
-        return loader(path, **kwargs, **({"local_files_only": True} if offline else {}))
+        if offline:
+            kwargs = {**kwargs, "local_files_only": True, **(offline_extra or {})}
+        return loader(path, **kwargs)
     except _load_errors() as exc:
         if local:
             raise ModelLoadError(f"Could not load model from folder '{path}': {exc}") from exc
@@ -281,7 +289,9 @@ def load_model(
 
     if isinstance(dtype, str) and dtype != "auto":
         dtype = getattr(torch, dtype)
-    model = _from_pretrained(AutoModelForCausalLM.from_pretrained, name_or_path, dtype=dtype)
+    # The PEFT adapter lookup inside from_pretrained has its own hub kwargs.
+    offline_extra = {"adapter_kwargs": {"local_files_only": True}}
+    model = _from_pretrained(AutoModelForCausalLM.from_pretrained, name_or_path, offline_extra, dtype=dtype)
     if lora_path:
         from peft import PeftModel
 

@@ -228,3 +228,47 @@ def test_update_weights_waits_for_generate_and_validates(engine):
     assert torch.equal(engine.model.state_dict()[name], original * 2)
     engine.update_weights({name: original})
     assert torch.equal(engine.model.state_dict()[name], original)
+
+
+def test_load_lora_swaps_weights_between_batches(engine, tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    from deep_math.models import load_model
+
+    adapter = tmp_path / "adapter"
+    lora = LoraConfig(r=4, lora_alpha=64, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    get_peft_model(load_model(), lora).save_pretrained(adapter)
+    request = GenRequest(chat(engine, "What is 3*3?"), greedy(4))
+    [base] = engine.generate([request])
+    engine.load_lora(str(adapter))
+    try:
+        assert engine.lora_path == str(adapter)
+        [tuned] = engine.generate([GenRequest(request.prompt_ids, request.sampling, lora_path=str(adapter))])
+        assert tuned.logprobs != pytest.approx(base.logprobs, abs=1e-3)
+    finally:
+        engine.load_lora(None)
+    [again] = engine.generate([request])
+    assert again.token_ids == base.token_ids
+
+
+@pytest.mark.slow
+def test_throughput_batch_vs_single(engine):
+    """Reports tokens/s for one sequence vs a batch of 8 (run with -m slow -s)."""
+    prompts = [chat(engine, f"Write a short story about the number {i}.") for i in range(8)]
+    params = SamplingParams(temperature=0, max_tokens=64)
+    engine.generate([GenRequest(prompts[0], SamplingParams(temperature=0, max_tokens=4))])  # warm-up
+    start = time.perf_counter()
+    [single] = engine.generate([GenRequest(prompts[0], params)])
+    single_tps = len(single.token_ids) / (time.perf_counter() - start)
+    start = time.perf_counter()
+    batch = engine.generate([GenRequest(p, params) for p in prompts])
+    batch_tps = sum(len(r.token_ids) for r in batch) / (time.perf_counter() - start)
+    sampled = SamplingParams(temperature=1.0, top_p=0.95, top_k=50, max_tokens=64, seed=0)
+    start = time.perf_counter()
+    sampled_batch = engine.generate([GenRequest(p, sampled) for p in prompts])
+    sampled_tps = sum(len(r.token_ids) for r in sampled_batch) / (time.perf_counter() - start)
+    print(
+        f"\nsingle: {single_tps:.1f} tok/s ({len(single.token_ids)} tokens); "
+        f"batch of 8 greedy: {batch_tps:.1f} tok/s; batch of 8 sampled (top-p/top-k): {sampled_tps:.1f} tok/s"
+    )
+    assert batch_tps > single_tps

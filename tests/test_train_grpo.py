@@ -12,7 +12,7 @@ from deep_math.data import Problem
 from deep_math.engines.scripted import ScriptedEngine
 from deep_math.training.builders import build_trainer, load_policy
 from deep_math.training.sources import RunnerTraceSource
-from tests.training_helpers import CALL, tiny_config, tiny_model_dir
+from deep_math.training.tiny import tiny_config, tiny_model_dir
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -22,6 +22,9 @@ PROBLEM = Problem(id="p1", problem="What is 6*7?", answer="42")
 @pytest.fixture(scope="module")
 def tiny_dir(tokenizer, tmp_path_factory):
     return tiny_model_dir(tokenizer, tmp_path_factory.mktemp("tiny") / "model")
+
+
+CALL = "<tool_call>\n{code}\n</tool_call>"
 
 
 def scripted_source(tokenizer):
@@ -94,12 +97,14 @@ def test_two_step_grpo_with_local_policy_rollouts(tiny_dir, tmp_path, monkeypatc
 
     monkeypatch.setitem(rewards.REWARDS, "distinct_chars", distinct_chars)
     out = tmp_path / "out"
-    cfg = tiny_config(tiny_dir, out, rewards={"code_use": 1.0, "distinct_chars": 1.0})
+    cfg = tiny_config(tiny_dir, out, rewards={"accuracy": 0.1, "code_use": 1.0, "distinct_chars": 1.0})
     model, tok = load_policy(cfg)
     trainer = build_trainer(cfg, [PROBLEM, Problem("p2", "What is 2+2?", "4")], model=model, tokenizer=tok)
     temps = []
     original = trainer.deep_math_rollout.sampling
-    trainer.deep_math_rollout.sampling = lambda t, n: temps.append((t.temperature, t.loss_temperature)) or original(t, n)
+    trainer.deep_math_rollout.sampling = lambda t, n: (
+        temps.append((t.temperature, t.loss_temperature)) or original(t, n)
+    )
     try:
         trainer.train()
         engine = trainer.deep_math_rollout.source.engine
@@ -117,3 +122,21 @@ def test_two_step_grpo_with_local_policy_rollouts(tiny_dir, tmp_path, monkeypatc
     assert config["r"] == 4 and config["use_rslora"] is True
     base = AutoModelForCausalLM.from_pretrained(tiny_dir)
     PeftModel.from_pretrained(base, str(out))  # a standard peft adapter folder
+
+
+@pytest.mark.slow
+def test_resume_continues_from_the_last_checkpoint(tiny_dir, tmp_path, monkeypatch):
+    from deep_math.training import rewards
+    from deep_math.training.builders import run_training
+
+    monkeypatch.setitem(rewards.REWARDS, "distinct_chars", distinct_chars)
+    out = tmp_path / "out"
+    first = tiny_config(tiny_dir, out, rewards={"distinct_chars": 1.0}, **{"train.max_steps": 1})
+    run_training(first)
+    assert (out / "checkpoint-1").is_dir() and not (out / "checkpoint-2").exists()
+    second = tiny_config(tiny_dir, out, rewards={"distinct_chars": 1.0}, resume=True)
+    run_training(second)
+    state = json.loads((out / "checkpoint-2" / "trainer_state.json").read_text())
+    steps = [entry["step"] for entry in state["log_history"] if "loss" in entry]
+    assert steps == [1, 2]  # step 1 from the first run, step 2 after resuming (not 1 again)
+    assert (out / "adapter_config.json").is_file()

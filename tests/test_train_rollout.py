@@ -11,7 +11,8 @@ from deep_math.agent.trace import Trace
 from deep_math.engines.scripted import ScriptedEngine
 from deep_math.training.rollout import AgentRollout, RolloutSettings, traces_to_rollout
 from deep_math.training.sources import RunnerTraceSource
-from tests.training_helpers import CALL
+
+CALL = "<tool_call>\n{code}\n</tool_call>"
 
 
 def fake_trainer(temperature=1.0, step=0):
@@ -37,8 +38,14 @@ def test_traces_to_rollout_truncates_consistently():
 
 def test_failed_trace_is_masked_and_flagged_not_filled_with_fake_tokens():
     failed = Trace(prompt_ids=[1], finish_reason="error", error="EngineError: boom")
-    partial = Trace(prompt_ids=[1], completion_ids=[5, 6], logprobs=[-1.0, -1.0], env_mask=[1, 1],
-                    finish_reason="error", error="sandbox: died")
+    partial = Trace(
+        prompt_ids=[1],
+        completion_ids=[5, 6],
+        logprobs=[-1.0, -1.0],
+        env_mask=[1, 1],
+        finish_reason="error",
+        error="sandbox: died",
+    )
     out = traces_to_rollout([failed, partial], max_completion_length=8, pad_token_id=7)
     assert out["completion_ids"] == [[7], [5, 6]]
     assert out["env_mask"] == [[0], [0, 0]]  # nothing of a failed trace is trained on
@@ -57,7 +64,9 @@ def test_rollout_func_runs_agent_traces_with_trainer_temperature(tokenizer):
         " So \\boxed{42}.<|im_end|>",
         "It is \\boxed{41}.<|im_end|>",
     ]
-    engine = ScriptedEngine(tokenizer, lambda req, i: script[min(i, 2)] if len(req.prompt_ids) < 10_000 else "")
+    engine = ScriptedEngine(
+        tokenizer, lambda req, i: script[min(i, 2)] if len(req.prompt_ids) < 10_000 else ""
+    )
     source = RunnerTraceSource(engine, AgentConfig(max_steps=2, max_agent_output=200, max_concurrency=1))
     rollout = AgentRollout(source, tokenizer, RolloutSettings(max_completion_length=200, top_p=0.8, top_k=50))
     try:
@@ -70,7 +79,7 @@ def test_rollout_func_runs_agent_traces_with_trainer_temperature(tokenizer):
     for ids, lps, mask in zip(out["completion_ids"], out["logprobs"], out["env_mask"], strict=True):
         assert len(ids) == len(lps) == len(mask)
         assert all(lp == 0.0 for lp, m in zip(lps, mask, strict=True) if m == 0)  # observations
-        assert all(lp < 0.0 for lp, m in zip(lps, mask, strict=True) if m == 1)   # engine logprobs
+        assert all(lp < 0.0 for lp, m in zip(lps, mask, strict=True) if m == 1)  # engine logprobs
     first = out["completion_ids"][0]
     obs = [t for t, m in zip(first, out["env_mask"][0], strict=True) if m == 0]
     assert tokenizer.decode(obs) == "\n```output\n42\n```\n"

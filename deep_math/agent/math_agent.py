@@ -98,9 +98,10 @@ class MathAgent(CodeAgent):
             log.warning("Trace failed: %s: %s", type(exc).__name__, exc)
             self.trace.finish_reason = "error"
             self.trace.error = f"{type(exc).__name__}: {exc}"
-        self.trace.text = self.tokenizer.decode(
-            self.trace.completion_ids, skip_special_tokens=False, clean_up_tokenization_spaces=False
-        )
+        ids = self.trace.completion_ids
+        if self.trace.finish_reason == "eos" and ids and ids[-1] == self.tokenizer.eos_token_id:
+            ids = ids[:-1]  # as engines do: the EOS id stays in completion_ids, not in the text
+        self.trace.text = self.tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
         return self.trace
 
     # --- smolagents hooks -------------------------------------------------------------------

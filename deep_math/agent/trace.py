@@ -16,7 +16,8 @@ class Trace:
     the tokenized observations ("```output\\n...\\n```\\n" blocks). env_mask has one entry per
     completion id: 1 for a model token, 0 for an observation token. logprobs has one entry per
     completion id: the engine's logprob on model tokens, 0.0 on observation tokens.
-    text is the decoding of completion_ids (for display and grading; never re-encoded).
+    text is the decoding of completion_ids without a final EOS token (for display and grading;
+    never re-encoded).
     """
 
     prompt_ids: list[int]

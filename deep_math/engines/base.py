@@ -7,7 +7,8 @@ engine may batch those calls together (the transformers engine micro-batches the
 
 Token ids are the source of truth. `GenResult.token_ids` are exactly the ids the model sampled
 (including the tokens of a stop string when generation stopped on one, and the EOS token when it
-stopped on EOS); `text` is their decoding. Nobody re-encodes `text` to get ids back.
+stopped on EOS); `text` is their decoding, without the final EOS token (as vLLM reports it).
+Nobody re-encodes `text` to get ids back.
 """
 
 from __future__ import annotations

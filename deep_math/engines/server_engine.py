@@ -128,7 +128,9 @@ class ServerEngine:
                 f"{str(body)[:300]}"
             ) from exc
         stop_reason = choice.get("stop_reason")
-        ends_on_eos = finish == "eos" and token_ids and token_ids[-1] in {self.tokenizer.eos_token_id, stop_reason}
+        ends_on_eos = (
+            finish == "eos" and token_ids and token_ids[-1] in {self.tokenizer.eos_token_id, stop_reason}
+        )
         return GenResult(
             token_ids=token_ids,
             logprobs=logprobs,

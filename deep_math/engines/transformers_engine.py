@@ -141,7 +141,8 @@ class TransformersEngine:
     model_name_or_path: None -> embedded SmolLM2-135M-Instruct; a folder; or a hub id.
     device: "auto" -> CUDA if available. lora_path: adapter merged into the weights at load;
     requests naming another adapter fail (this engine serves one set of weights; use vllm for
-    several adapters). tokenizer/model: pass already-loaded objects to skip loading.
+    several adapters). tokenizer/model: pass already-loaded objects to skip loading (a passed-in
+    model is used as is, in whatever train/eval mode it is; dropout makes outputs noisy).
     max_batch_size/batch_wait_ms: micro-batching limits (see module docstring).
     logprobs_mode: "processed" (default) or "raw" (see module docstring).
     """
@@ -165,11 +166,18 @@ class TransformersEngine:
         if tokenizer is None or isinstance(tokenizer, str):
             tokenizer = load_tokenizer(tokenizer or model_name_or_path)
         self.tokenizer = tokenizer
+        model_given = model is not None
         if model is None:
             model = load_model(
                 model_name_or_path, dtype=dtype, device=resolve_device(device), lora_path=lora_path
             )
-        self.model = model.eval()
+        # A model we loaded goes to eval mode; a passed-in one (e.g. the policy being trained)
+        # is used as is: switching the trainer's model out of train mode is not ours to do.
+        self.model = model if model_given else model.eval()
+        # Remembered so load_lora can rebuild from the base weights.
+        self._model_given = model_given
+        self._base_model = model_name_or_path
+        self._dtype = dtype
         self.device = next(self.model.parameters()).device
         self.lora_path = lora_path
         self.logprobs_mode: LogprobsMode = logprobs_mode
@@ -232,6 +240,19 @@ class TransformersEngine:
         with self._model_lock, torch.no_grad():
             for target, tensor in resolved:
                 target.copy_(tensor.to(device=target.device, dtype=target.dtype))
+
+    def load_lora(self, lora_path: str | None) -> None:
+        """Serve `base model + adapter` (None: the plain base model) from now on.
+
+        Reloads the base weights from disk and merges the adapter (so earlier `update_weights`
+        calls are discarded), then swaps the model in between two batches. Only for engines that
+        loaded their model themselves (not `model=`)."""
+        if self._model_given:
+            raise RuntimeError("load_lora needs an engine that loaded its own model (model= was passed)")
+        model = load_model(self._base_model, dtype=self._dtype, device=str(self.device), lora_path=lora_path)
+        with self._model_lock:
+            self.model = model
+            self.lora_path = lora_path
 
     def close(self) -> None:
         """Finish the batch in flight and stop the worker; queued requests fail. Idempotent."""

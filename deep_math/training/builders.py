@@ -55,7 +55,9 @@ def build_dataset(problems: list) -> Any:
 
     if not problems:
         raise ValueError("no training problems (check data.hf_tag, data.limit and data.dev_size)")
-    return Dataset.from_list([{"prompt": p.problem, "answer": p.answer, "problem_id": p.id} for p in problems])
+    return Dataset.from_list(
+        [{"prompt": p.problem, "answer": p.answer, "problem_id": p.id} for p in problems]
+    )
 
 
 def write_dev_split(dev: list, output_dir: str) -> Path | None:
@@ -87,7 +89,9 @@ def load_policy(cfg: TrainingConfig) -> tuple[Any, Any]:
     from deep_math.models import load_tokenizer, resolve_model_path
 
     path = resolve_model_path(cfg.model.model_name_or_path)
-    kwargs: dict[str, Any] = {"dtype": _torch_dtype(cfg.model.dtype, cuda_available() and not cfg.train.use_cpu)}
+    kwargs: dict[str, Any] = {
+        "dtype": _torch_dtype(cfg.model.dtype, cuda_available() and not cfg.train.use_cpu)
+    }
     if cfg.model.attn_implementation:
         kwargs["attn_implementation"] = cfg.model.attn_implementation
     model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
@@ -143,7 +147,9 @@ def build_trace_source(cfg: TrainingConfig, tokenizer: Any) -> TraceSource:
 
     r = cfg.rollout
     if r.backend == "policy":
-        return PolicyTraceSource(cfg.agent, tokenizer, max_batch_size=r.max_batch_size, batch_wait_ms=r.batch_wait_ms)
+        return PolicyTraceSource(
+            cfg.agent, tokenizer, max_batch_size=r.max_batch_size, batch_wait_ms=r.batch_wait_ms
+        )
     from deep_math.vllm_client import AgentVLLMClient
 
     client = AgentVLLMClient(

@@ -118,7 +118,9 @@ def build_rewards(weights: Mapping[str, float] | None = None) -> tuple[list[Rewa
     `GRPOConfig(reward_weights=...)`. None -> the paper's `DEFAULT_REWARD_WEIGHTS`."""
     weights = dict(DEFAULT_REWARD_WEIGHTS if weights is None else weights)
     if not weights:
-        raise ConfigError(f"rewards is empty; set at least one of {sorted(REWARDS)}, e.g. {DEFAULT_REWARD_WEIGHTS}")
+        raise ConfigError(
+            f"rewards is empty; set at least one of {sorted(REWARDS)}, e.g. {DEFAULT_REWARD_WEIGHTS}"
+        )
     funcs, values = [], []
     for name, weight in weights.items():
         funcs.append(get_reward(name))

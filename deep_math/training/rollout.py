@@ -57,12 +57,16 @@ class RolloutSettings:
 class TraceSource(Protocol):
     """Produces one trace per prompt, in order; a failing trace has finish_reason "error"."""
 
-    def generate(self, prompt_ids: list[list[int]], sampling: list[SamplingParams], trainer: Any) -> list[Trace]: ...
+    def generate(
+        self, prompt_ids: list[list[int]], sampling: list[SamplingParams], trainer: Any
+    ) -> list[Trace]: ...
 
     def close(self) -> None: ...
 
 
-def traces_to_rollout(traces: Sequence[Trace], max_completion_length: int, pad_token_id: int) -> dict[str, list]:
+def traces_to_rollout(
+    traces: Sequence[Trace], max_completion_length: int, pad_token_id: int
+) -> dict[str, list]:
     """The rollout_func output for `traces` (see the module docstring).
 
     A completion longer than `max_completion_length` is cut (its finish_reason becomes "budget").
@@ -138,7 +142,11 @@ class AgentRollout:
             seeds = [s.seed + 1_000_003 * step + 10_007 * rank + i for i in range(n)]
         return [
             SamplingParams(
-                temperature=temperature, top_p=s.top_p, top_k=s.top_k, max_tokens=s.max_completion_length, seed=seed
+                temperature=temperature,
+                top_p=s.top_p,
+                top_k=s.top_k,
+                max_tokens=s.max_completion_length,
+                seed=seed,
             )
             for seed in seeds
         ]
@@ -149,7 +157,11 @@ class AgentRollout:
         if len(traces) != len(prompts):
             raise RuntimeError(f"trace source returned {len(traces)} traces for {len(prompts)} prompts")
         self.last_traces = traces
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        pad = (
+            self.tokenizer.pad_token_id
+            if self.tokenizer.pad_token_id is not None
+            else self.tokenizer.eos_token_id
+        )
         out = traces_to_rollout(traces, self.settings.max_completion_length, pad)
         _log_rollout_metrics(trainer, out)
         return out
@@ -166,7 +178,10 @@ def _log_rollout_metrics(trainer: Any, out: dict[str, list]) -> None:
     errors = sum(e is not None for e in out["trace_error"])
     if errors:
         log.warning("%d of %d traces failed (masked out, advantage 0): %s", errors, n, out["trace_error"][0])
-    used = sum(c - e - t > 0 for c, e, t in zip(out["tool_calls"], out["tool_errors"], out["tool_timeouts"], strict=True))
+    used = sum(
+        c - e - t > 0
+        for c, e, t in zip(out["tool_calls"], out["tool_errors"], out["tool_timeouts"], strict=True)
+    )
     log_metric("agent/trace_errors", errors / n)
     log_metric("agent/used_tool", used / n)
     log_metric("agent/tool_calls", sum(out["tool_calls"]) / n)

@@ -32,7 +32,9 @@ class RunnerTraceSource:
         self.engine = engine
         self.runner = AgentRunner(engine, agent, sandbox=sandbox)
 
-    def generate(self, prompt_ids: list[list[int]], sampling: list[SamplingParams], trainer: Any) -> list[Trace]:
+    def generate(
+        self, prompt_ids: list[list[int]], sampling: list[SamplingParams], trainer: Any
+    ) -> list[Trace]:
         return self.runner.run(prompt_ids, sampling)
 
     def close(self) -> None:
@@ -66,7 +68,9 @@ class PolicyTraceSource:
         self.runner = AgentRunner(self.engine, self.agent, sandbox=self.sandbox)
         self._model = model
 
-    def generate(self, prompt_ids: list[list[int]], sampling: list[SamplingParams], trainer: Any) -> list[Trace]:
+    def generate(
+        self, prompt_ids: list[list[int]], sampling: list[SamplingParams], trainer: Any
+    ) -> list[Trace]:
         model = trainer.accelerator.unwrap_model(trainer.model)
         was_training = model.training
         self._ensure(model)  # the engine puts the model in eval mode
@@ -91,6 +95,7 @@ class ServerTraceSource:
     def __init__(self, client: Any, sync_weights: bool = True):
         self.client = client
         self.sync_weights = sync_weights
+        self.transport: str | None = None
         self._synced_step: int | None = None
 
     def _sync(self, trainer: Any) -> None:
@@ -101,13 +106,18 @@ class ServerTraceSource:
         if accelerator.is_main_process:
             from deep_math.training.weight_sync import iter_policy_weights
 
+            if self.transport is None:
+                self.transport = self.client.init_weight_transport(accelerator.device)
+                log.info("Weight sync to the agent server over %s", self.transport)
             model = accelerator.unwrap_model(trainer.model)
-            version = self.client.push_weights(iter_policy_weights(model))
+            version = self.client.push_weights(lambda: iter_policy_weights(model))
             log.info("Pushed policy weights of step %d to the agent server (version %s)", step, version)
         accelerator.wait_for_everyone()  # no rank generates with the previous weights
         self._synced_step = step
 
-    def generate(self, prompt_ids: list[list[int]], sampling: list[SamplingParams], trainer: Any) -> list[Trace]:
+    def generate(
+        self, prompt_ids: list[list[int]], sampling: list[SamplingParams], trainer: Any
+    ) -> list[Trace]:
         self._sync(trainer)
         return self.client.generate_agent(prompt_ids, sampling)
 

@@ -62,7 +62,9 @@ class DeepMathGRPOTrainer(GRPOTrainer):
 
     temperature_schedule: None keeps TRL's constant `args.temperature`."""
 
-    def __init__(self, *args: Any, temperature_schedule: LinearTemperatureSchedule | None = None, **kwargs: Any):
+    def __init__(
+        self, *args: Any, temperature_schedule: LinearTemperatureSchedule | None = None, **kwargs: Any
+    ):
         super().__init__(*args, **kwargs)
         self.temperature_schedule = temperature_schedule
         base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model

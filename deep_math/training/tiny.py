@@ -1,10 +1,12 @@
-"""Shared pieces of the training tests: a tiny random model and a config for 2-step runs."""
+"""A tiny random model and a fast config, for the training tests and `bench/gpu_smoke.sh`.
+
+The model is a 2-layer, hidden-64 Llama with the embedded tokenizer's vocabulary: GRPO steps on it
+take seconds on CPU, so recipe tests exercise the real trainer, LoRA, rollouts and checkpoints.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-
-CALL = "<tool_call>\n{code}\n</tool_call>"
 
 
 def tiny_model_dir(tokenizer, path: Path) -> Path:

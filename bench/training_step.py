@@ -1,0 +1,214 @@
+"""Where the time of one CPU GRPO step goes, and what the batched agent runner buys.
+
+    python bench/training_step.py                     # embedded SmolLM2, default training config
+    python bench/training_step.py --traces 8 --max-agent-output 160 --skip-speedup
+
+Part 1 runs one GRPO step of the default config (`configs/training.yaml`: LoRA, 4 traces of the
+agent with local policy rollouts) and splits its wall time into
+- rollout generation: time inside the transformers engine's `generate` batches,
+- sandbox: wall time of the rollout during which at least one snippet was running,
+- rollout other: the rest of the rollout (agent loop, tokenizing observations, waits),
+- rewards: the reward functions,
+- policy update: everything else in the step (logprobs, loss, backward, optimizer).
+Part 2 runs the same seeded traces with the agent runner batched (all in flight, engine
+micro-batching) and one at a time, and prints both side by side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import threading
+import time
+import warnings
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class TimedSandbox:
+    """Wraps a Sandbox; records the wall-clock intervals during which any snippet ran."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.lock = threading.Lock()
+        self.active = 0
+        self.busy = 0.0
+        self._since = 0.0
+        self.snippets = 0
+
+    def _enter(self):
+        with self.lock:
+            if self.active == 0:
+                self._since = time.perf_counter()
+            self.active += 1
+            self.snippets += 1
+
+    def _exit(self):
+        with self.lock:
+            self.active -= 1
+            if self.active == 0:
+                self.busy += time.perf_counter() - self._since
+
+    def session(self):
+        session = self.inner.session()
+        run = session.run
+
+        def timed_run(*args, **kwargs):
+            self._enter()
+            try:
+                return run(*args, **kwargs)
+            finally:
+                self._exit()
+
+        session.run = timed_run
+        return session
+
+    def close(self):
+        self.inner.close()
+
+
+def timed(func, bucket: dict, key: str):
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return func(*args, **kwargs)
+        finally:
+            bucket[key] = bucket.get(key, 0.0) + time.perf_counter() - start
+
+    return wrapper
+
+
+def one_grpo_step(args) -> dict:
+    from hydra import compose, initialize_config_dir
+
+    from deep_math.sandbox import Sandbox
+    from deep_math.training import builders
+    from deep_math.training.config import load_training_config
+    from deep_math.training.sources import PolicyTraceSource
+
+    overrides = [
+        "train.max_steps=1",
+        "train.output_dir=/tmp/deep_math_bench_training_step",
+        "train.save_steps=1000",
+        f"agent.max_agent_output={args.max_agent_output}",
+        f"train.max_completion_length={args.max_agent_output}",
+    ]
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base=None):
+        cfg = load_training_config(compose(config_name="training", overrides=overrides))
+    times: dict[str, float] = {}
+    a = cfg.agent
+    sandbox = TimedSandbox(
+        Sandbox(timeout=a.sandbox_timeout, memory_mb=a.sandbox_memory_mb, max_output_chars=a.max_output_chars)
+    )
+    model, tokenizer = builders.load_policy(cfg)
+    source = PolicyTraceSource(cfg.agent, tokenizer, sandbox=sandbox)
+    train, _ = builders.load_train_problems(cfg)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer = builders.build_trainer(cfg, train, model=model, tokenizer=tokenizer, source=source)
+    rollout = trainer.deep_math_rollout
+    rollout.source.generate = timed(rollout.source.generate, times, "rollout")
+    trainer.reward_funcs = [timed(f, times, "rewards") for f in trainer.reward_funcs]
+    start = time.perf_counter()
+    try:
+        trainer.train()
+    finally:
+        total = time.perf_counter() - start
+        engine_seconds = source.engine.stats.generate_seconds if source.engine else 0.0
+        tokens = sum(len(t.completion_ids) for t in rollout.last_traces)
+        rollout.close()
+        sandbox.close()
+    return {
+        "total": total,
+        "rollout": times.get("rollout", 0.0),
+        "generation": engine_seconds,
+        "sandbox": sandbox.busy,
+        "snippets": sandbox.snippets,
+        "rewards": times.get("rewards", 0.0),
+        "traces": len(rollout.last_traces),
+        "tokens": tokens,
+    }
+
+
+def runner_speedup(args) -> dict:
+    from deep_math.agent.config import AgentConfig
+    from deep_math.agent.runner import AgentRunner
+    from deep_math.data import load_problems
+    from deep_math.engines.base import SamplingParams
+    from deep_math.engines.transformers_engine import TransformersEngine
+    from deep_math.prompts import build_prompt_ids, load_examples
+    from deep_math.sandbox import Sandbox
+
+    engine = TransformersEngine(device="cpu")
+    examples = load_examples("deep_math/fewshot.txt")
+    problems = load_problems(None, limit=max(1, args.traces // 4))
+    prompts = [
+        build_prompt_ids(engine.tokenizer, p.problem, "agent", examples) for p in problems for _ in range(4)
+    ]
+    prompts = prompts[: args.traces]
+    sampling = [
+        SamplingParams(temperature=1.0, top_p=0.8, top_k=50, max_tokens=args.max_agent_output, seed=1000 + i)
+        for i in range(len(prompts))
+    ]
+    results = {}
+    with Sandbox(timeout=10.0, memory_mb=1024, max_output_chars=1000) as sandbox:
+        for label, concurrency in (("batched", len(prompts)), ("one at a time", 1)):
+            cfg = AgentConfig(
+                max_steps=3, max_agent_output=args.max_agent_output, max_concurrency=concurrency
+            )
+            runner = AgentRunner(engine, cfg, sandbox=sandbox)
+            start = time.perf_counter()
+            traces = runner.run(prompts, sampling)
+            wall = time.perf_counter() - start
+            tokens = sum(len(t.completion_ids) for t in traces)
+            results[label] = {"wall": wall, "tokens": tokens, "tool_calls": sum(t.tool_calls for t in traces)}
+    engine.close()
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--traces", type=int, default=8, help="traces for the runner comparison")
+    parser.add_argument("--max-agent-output", type=int, default=160)
+    parser.add_argument("--skip-step", action="store_true")
+    parser.add_argument("--skip-speedup", action="store_true")
+    args = parser.parse_args()
+
+    if not args.skip_step:
+        s = one_grpo_step(args)
+        update = s["total"] - s["rollout"] - s["rewards"]
+        other = max(0.0, s["rollout"] - s["generation"] - s["sandbox"])
+        print(
+            f"\nOne GRPO step (embedded SmolLM2-135M, LoRA, {s['traces']} traces, {s['tokens']} completion tokens, "
+            f"{s['snippets']} snippets), CPU:"
+        )
+        rows = [
+            ("rollout generation", s["generation"]),
+            ("sandbox", s["sandbox"]),
+            ("rollout other", other),
+            ("rewards", s["rewards"]),
+            ("policy update", update),
+            ("total step", s["total"]),
+        ]
+        for name, seconds in rows:
+            print(f"  {name:<20} {seconds:8.2f} s  {100 * seconds / s['total']:5.1f} %")
+        print("  (generation and sandbox overlap when traces run concurrently; 'rollout other' is the rest)")
+
+    if not args.skip_speedup:
+        r = runner_speedup(args)
+        b, o = r["batched"], r["one at a time"]
+        print(
+            f"\nAgent runner, the same {args.traces} seeded traces (max_agent_output {args.max_agent_output}):"
+        )
+        print(f"  {'':<16}{'batched':>12}{'one at a time':>16}")
+        print(f"  {'wall (s)':<16}{b['wall']:>12.2f}{o['wall']:>16.2f}")
+        print(f"  {'tokens':<16}{b['tokens']:>12d}{o['tokens']:>16d}")
+        print(f"  {'tokens/s':<16}{b['tokens'] / b['wall']:>12.1f}{o['tokens'] / o['wall']:>16.1f}")
+        print(f"  {'tool calls':<16}{b['tool_calls']:>12d}{o['tool_calls']:>16d}")
+        print(f"  speedup (tokens/s): {(b['tokens'] / b['wall']) / (o['tokens'] / o['wall']):.2f}x")
+
+
+if __name__ == "__main__":
+    main()

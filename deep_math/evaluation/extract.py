@@ -1,0 +1,155 @@
+"""Final-answer extraction from a DeepMath trace.
+
+Contract of `extract_answer(text)`:
+- Code inside `<tool_call>...</tool_call>` and tool output inside fenced ```` ```output ```` blocks
+  never provides the answer (a snippet that prints `\\boxed{...}` is not the model's answer). An
+  unclosed block (a trace cut off mid-snippet) runs to the end of the text.
+- Thinking: when the trace contains `</think>`, only the text after the last `</think>` counts; a
+  trace that opened `<think>` and never closed it has no answer (it was cut off while thinking).
+- The answer is the content of the last `\\boxed`/`\\fbox` that remains: `\\boxed{...}` with nested
+  braces, `\\boxed 5`, `\\boxed\\frac14`. An empty box is no answer.
+- Without a box, math-verify's own extraction runs on the text after the last tool block (the
+  matched string is returned, not a sympy object).
+- None means "no answer".
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+
+log = logging.getLogger(__name__)
+
+_TOOL_CALL = re.compile(r"<tool_call>.*?(?:</tool_call>|\Z)", re.DOTALL)
+# Fenced output block as the agent writes it: "```output\n...\n```" (unclosed: to the end).
+_OUTPUT_BLOCK = re.compile(r"```output\b.*?(?:```|\Z)", re.DOTALL)
+_BOX = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
+# Commands whose arguments follow without braces in `\boxed\frac14`, with their argument count.
+_COMMAND_ARGS = {"frac": 2, "dfrac": 2, "tfrac": 2, "cfrac": 2, "binom": 2, "sqrt": 1}
+
+
+def split_tool_blocks(text: str) -> tuple[str, list[str]]:
+    """(text with tool code and tool output removed, the removed tool-output blocks)."""
+    without_code = _TOOL_CALL.sub("\n", text)
+    outputs = _OUTPUT_BLOCK.findall(without_code)
+    return _OUTPUT_BLOCK.sub("\n", without_code), outputs
+
+
+def without_tool_output(text: str) -> str:
+    """The trace minus its fenced `output` blocks: what the model itself wrote (tool code included)."""
+    return _OUTPUT_BLOCK.sub("", text)
+
+
+def tool_output_text(text: str) -> str:
+    """The concatenated fenced `output` blocks of a trace (what the sandbox wrote into it)."""
+    return "".join(_OUTPUT_BLOCK.findall(text))
+
+
+def after_thinking(text: str) -> str | None:
+    """Text after the last `</think>`; None when thinking was opened and never closed."""
+    end = text.rfind("</think>")
+    if end >= 0:
+        return text[end + len("</think>") :]
+    if "<think>" in text:
+        return None
+    return text
+
+
+def _brace_group(text: str, start: int) -> tuple[str, int] | None:
+    """The content of the `{...}` group opening at text[start] and the index after it."""
+    depth = 0
+    for i in range(start, len(text)):
+        ch = text[i]
+        if ch == "\\":
+            continue
+        if ch == "{" and (i == start or text[i - 1] != "\\"):
+            depth += 1
+        elif ch == "}" and text[i - 1] != "\\":
+            depth -= 1
+            if depth == 0:
+                return text[start + 1 : i], i + 1
+    return None  # unbalanced: the box was cut off
+
+
+def _token(text: str, i: int) -> tuple[str, int] | None:
+    """One TeX argument at text[i]: a brace group (kept with braces), a command, or one character."""
+    while i < len(text) and text[i] == " ":
+        i += 1
+    if i >= len(text):
+        return None
+    if text[i] == "{":
+        group = _brace_group(text, i)
+        return None if group is None else ("{" + group[0] + "}", group[1])
+    if text[i] == "\\":
+        m = re.match(r"\\(?:[A-Za-z]+|.)", text[i:])
+        return (m.group(0), i + len(m.group(0))) if m else None
+    return text[i], i + 1
+
+
+def _box_content(text: str, start: int) -> str | None:
+    """The argument of a box command whose name ends at text[start]."""
+    i = start
+    while i < len(text) and text[i] in " \t":
+        i += 1
+    if i >= len(text):
+        return None
+    if text[i] == "{":
+        group = _brace_group(text, i)
+        return group[0] if group else None
+    if text[i] == "\\":  # \boxed\frac14, \boxed\pi
+        m = re.match(r"\\([A-Za-z]+)", text[i:])
+        if not m:
+            return None
+        parts, j = [m.group(0)], i + len(m.group(0))
+        for _ in range(_COMMAND_ARGS.get(m.group(1), 0)):
+            tok = _token(text, j)
+            if tok is None:
+                break
+            parts.append(tok[0])
+            j = tok[1]
+        return "".join(parts)
+    # \boxed 5, \boxed -3.5: up to whitespace, `$` or a closing delimiter
+    m = re.match(r"[^\s$]+", text[i:])
+    return m.group(0).rstrip(".,;") if m else None
+
+
+def last_boxed(text: str) -> str | None:
+    """Content of the last `\\boxed`/`\\fbox` in `text` with a readable argument, else None."""
+    for m in reversed(list(_BOX.finditer(text))):
+        content = _box_content(text, m.end())
+        if content is not None:
+            return content.strip()
+    return None
+
+
+def _math_verify_fallback(text: str) -> str | None:
+    from math_verify import parse
+
+    in_main = threading.current_thread() is threading.main_thread()
+    # math-verify's timeout uses signal.alarm, which only works in the main thread.
+    parsed = parse(text, parsing_timeout=5 if in_main else None)
+    if len(parsed) >= 2 and isinstance(parsed[1], str) and parsed[1].strip():
+        return parsed[1].strip()
+    return None
+
+
+def extract_answer(text: str) -> str | None:
+    """The final answer of a trace as a string, or None when it has none (see module docstring)."""
+    if not text:
+        return None
+    cleaned, _ = split_tool_blocks(text)
+    cleaned = after_thinking(cleaned)
+    if cleaned is None:
+        return None
+    boxed = last_boxed(cleaned)
+    if boxed is not None:
+        return boxed or None
+    # Fallback: only what the model wrote after its last tool block.
+    tail = after_thinking(_tail_after_tools(text))
+    return _math_verify_fallback(tail) if tail and tail.strip() else None
+
+
+def _tail_after_tools(text: str) -> str:
+    ends = [m.end() for m in _TOOL_CALL.finditer(text)] + [m.end() for m in _OUTPUT_BLOCK.finditer(text)]
+    return text[max(ends) :] if ends else text

@@ -1,0 +1,152 @@
+"""Answer extraction and grading: table-driven cases, the pool's hostile-input handling, MATH-500."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from deep_math.evaluation.extract import extract_answer
+from deep_math.evaluation.grading import grade_answer, grade_many, group_answers, is_correct
+from deep_math.evaluation.pool import GradingPool
+
+TOOL = "<tool_call>\nimport sympy\nprint(sympy.Rational(1, 3))\n</tool_call>\n```output\n{out}\n```\n"
+
+EXTRACT_CASES = [
+    ("plain box", r"so \boxed{42}.", "42"),
+    ("last box wins", r"\boxed{1} then \boxed{2}", "2"),
+    ("nested braces", r"\boxed{\frac{1}{\sqrt{2}}}", r"\frac{1}{\sqrt{2}}"),
+    ("set braces", r"\boxed{\{1,2\}}", r"\{1,2\}"),
+    ("boxed space", r"answer \boxed 5 done", "5"),
+    ("boxed command", r"answer $\boxed\frac14$", r"\frac14"),
+    ("fbox", r"\fbox{7}", "7"),
+    (
+        "box in tool code ignored",
+        r"x \boxed{3}" + TOOL.format(out="1/3").replace("import", r"print('\\boxed{9}')"),
+        "3",
+    ),
+    ("box in tool output ignored", r"x \boxed{3} " + TOOL.format(out=r"\boxed{9}"), "3"),
+    ("only box in tool output", "x " + TOOL.format(out=r"\boxed{9}"), None),
+    ("after think counts", r"<think>maybe \boxed{1}</think> final \boxed{2}", "2"),
+    ("only thinking", r"<think>I think \boxed{1} but", None),
+    ("thinking closed, no answer", r"<think>\boxed{1}</think> I am not sure.", None),
+    ("empty box", r"\boxed{}", None),
+    ("truncated box", r"\boxed{\frac{1}{2", None),
+    ("truncated tool call", r"\boxed{5} <tool_call>print('\boxed{6}')", "5"),
+    ("fallback after tools", "x " + TOOL.format(out="7") + "The answer is $7$.", "7"),
+    ("empty", "", None),
+]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"), [c[1:] for c in EXTRACT_CASES], ids=[c[0] for c in EXTRACT_CASES]
+)
+def test_extract_answer(text, expected):
+    assert extract_answer(text) == expected
+
+
+GRADE_CASES = [
+    # (id, prediction, gold, correct)
+    ("same", "42", "42", True),
+    ("frac forms", r"\dfrac{1}{2}", r"\frac12", True),
+    ("exact decimal", "0.5", r"\frac{1}{2}", True),
+    ("decimal gold", r"\frac{1}{2}", "0.5", True),
+    ("unicode minus", "\u22123", "-3", True),
+    ("unicode degree", "90\u00b0", r"90^\circ", True),
+    ("degree vs bare", "90", r"90^\circ", True),
+    ("percent vs bare", "25", r"25\%", True),
+    ("bare vs percent", r"25\%", "25", True),
+    ("decimal percent", "12.5", r"12.5\%", True),
+    ("scientific", "1.5e3", "1500", True),
+    ("scientific negative exponent", "2.5E-2", "0.025", True),
+    ("tuple vs column", "(1, 2, 3)", r"\begin{pmatrix} 1 \\ 2 \\ 3 \end{pmatrix}", True),
+    ("column vs tuple", r"\begin{pmatrix} 1 \\ 2 \end{pmatrix}", "(1,2)", True),
+    ("text choice", "C", r"\text{(C)}", True),
+    ("pi", r"2\pi", r"2 \pi", True),
+    ("sqrt", r"\sqrt{8}", r"2\sqrt{2}", True),
+    ("assignment", "x=5", "5", True),
+    # hard negatives
+    ("rounded third", "0.333333", r"\frac13", False),
+    ("rounded 2pi", "6.283185", r"2\pi", False),
+    ("rounded sqrt2", "1.414214", r"\sqrt2", False),
+    ("rounded vs decimal gold ok", "0.33", "0.33", True),
+    ("wrong number", "41", "42", False),
+    ("wrong sign", "-42", "42", False),
+    ("wrong tuple", "(2, 1)", r"\begin{pmatrix} 1 \\ 2 \end{pmatrix}", False),
+    ("scientific wrong", "1.5e2", "1500", False),
+    ("percent wrong", "25", r"2.5\%", False),
+    ("no answer", None, "42", False),
+]
+
+
+@pytest.mark.parametrize(
+    ("pred", "gold", "correct"), [c[1:] for c in GRADE_CASES], ids=[c[0] for c in GRADE_CASES]
+)
+def test_is_correct(pred, gold, correct):
+    assert is_correct(pred, gold) is correct
+
+
+def test_grade_answer_reports_no_answer():
+    g = grade_answer(None, "1")
+    assert (g.correct, g.status) == (False, "no_answer")
+
+
+def test_group_answers_by_equivalence_not_string():
+    answers = [r"\frac12", "0.5", "2", r"\dfrac{1}{2}", "2.0", "3"]
+    assert group_answers(answers) == [0, 0, 1, 0, 1, 2]
+
+
+def test_grade_many_pool_matches_serial():
+    pairs = [(c[1], c[2]) for c in GRADE_CASES]
+    serial = grade_many(pairs, workers=0)
+    pooled = grade_many(pairs, workers=2, batch_size=4)
+    assert [g.correct for g in pooled] == [g.correct for g in serial] == [c[3] for c in GRADE_CASES]
+
+
+def test_pathological_input_times_out_and_is_counted():
+    # sympy tries to evaluate the tower; math-verify's alarm or our kill must stop it
+    pairs = [("1", "1"), (r"9^{9^{9^{9}}}", "1"), ("2", "2")]
+    start = time.monotonic()
+    grades = grade_many(pairs, workers=1, timeout=2)
+    assert time.monotonic() - start < 15
+    assert [g.correct for g in grades] == [True, False, True]
+    assert grades[1].status == "timeout"
+
+
+def _hang_or_echo(item, timeout=None):
+    if item == "hang":
+        time.sleep(60)  # no alarm is set around this: only the parent's kill can end it
+    if item == "crash":
+        os._exit(3)
+    return item
+
+
+def test_pool_kills_hung_worker_and_goes_on():
+    items = ["a", "hang", "b", "crash", "c"]
+    start = time.monotonic()
+    with GradingPool(workers=1, timeout=1.0, batch_size=8) as pool:
+        out = pool.map(_hang_or_echo, items, on_failure=lambda item, status, detail: status)
+        assert pool.restarts == 2
+    assert out == ["a", "timeout", "b", "error", "c"]
+    assert time.monotonic() - start < 10
+
+
+def _shared_data() -> Path | None:
+    env = os.environ.get("DEEP_MATH_SHARED_DATA")
+    path = Path(env) if env else Path(__file__).resolve().parents[2] / "shared/data"
+    return path if (path / "math500.jsonl").is_file() else None
+
+
+@pytest.mark.skipif(
+    _shared_data() is None, reason="shared MATH-500 data not found (set DEEP_MATH_SHARED_DATA)"
+)
+def test_math500_reference_solutions_all_correct():
+    rows = [json.loads(line) for line in open(_shared_data() / "math500.jsonl", encoding="utf-8")]
+    pairs = [(r["solution"], r["answer"]) for r in rows]
+    grades = grade_many(pairs, workers=2, extract=True)
+    wrong = [(r["id"], r["answer"], g) for r, g in zip(rows, grades, strict=True) if not g.correct]
+    assert len(rows) == 500
+    assert not wrong, wrong[:5]
