@@ -116,24 +116,36 @@ def main() -> None:
     engine = build_engine("transformers", device="cpu")
     examples = load_examples("deep_math/fewshot.txt")
     problems = load_problems(None, limit=args.traces)
-    prompts = [build_prompt_ids(engine.tokenizer, problems[i % len(problems)].problem, "agent", examples)
-               for i in range(args.traces)]
-    params = [SamplingParams(temperature=0.7, top_p=0.95, max_tokens=args.max_agent_output, seed=1000 + i)
-              for i in range(args.traces)]
-    print(f"{args.traces} traces, prompt ~{len(prompts[0])} tokens, max_agent_output={args.max_agent_output}, "
-          "embedded SmolLM2-135M on CPU")
+    prompts = [
+        build_prompt_ids(engine.tokenizer, problems[i % len(problems)].problem, "agent", examples)
+        for i in range(args.traces)
+    ]
+    params = [
+        SamplingParams(temperature=0.7, top_p=0.95, max_tokens=args.max_agent_output, seed=1000 + i)
+        for i in range(args.traces)
+    ]
+    print(
+        f"{args.traces} traces, prompt ~{len(prompts[0])} tokens, max_agent_output={args.max_agent_output}, "
+        "embedded SmolLM2-135M on CPU"
+    )
     with Sandbox(timeout=10.0) as sandbox:
         run_mode(engine, sandbox, prompts[:2], params[:2], 2, 16)  # warm-up: model, kernels, fork server
         one = run_mode(engine, sandbox, prompts, params, 1, args.max_agent_output)
         many = run_mode(engine, sandbox, prompts, params, args.traces, args.max_agent_output)
     engine.close()
 
-    print(f"{'mode':<22}{'wall s':>9}{'traces/s':>10}{'tokens/s':>10}{'tokens':>8}{'tool calls':>11}"
-          f"{'outside engine+sandbox':>24}")
+    print(
+        f"{'mode':<22}{'wall s':>9}{'traces/s':>10}{'tokens/s':>10}{'tokens':>8}{'tool calls':>11}"
+        f"{'outside engine+sandbox':>24}"
+    )
     for name, r in (("one trace at a time", one), ("concurrent runner", many)):
-        print(f"{name:<22}{r['wall']:>9.1f}{r['traces_s']:>10.3f}{r['tokens_s']:>10.1f}"
-              f"{r['completion_tokens']:>8}{r['tool_calls']:>11}{r['outside']:>23.1%}")
-    print(f"speedup (traces/s, concurrent / one at a time): {many['traces_s'] / one['traces_s']:.2f}x (target >= 3x)")
+        print(
+            f"{name:<22}{r['wall']:>9.1f}{r['traces_s']:>10.3f}{r['tokens_s']:>10.1f}"
+            f"{r['completion_tokens']:>8}{r['tool_calls']:>11}{r['outside']:>23.1%}"
+        )
+    print(
+        f"speedup (traces/s, concurrent / one at a time): {many['traces_s'] / one['traces_s']:.2f}x (target >= 3x)"
+    )
     print(f"wall time outside engine and sandbox, concurrent runner: {many['outside']:.1%} (target < 5%)")
 
 

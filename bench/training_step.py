@@ -1,7 +1,7 @@
 """Where the time of one CPU GRPO step goes, and what the batched agent runner buys.
 
     python bench/training_step.py                     # embedded SmolLM2, default training config
-    python bench/training_step.py --traces 8 --max-agent-output 160 --skip-speedup
+    python bench/training_step.py --traces 8 --max-agent-output 128 --examples deep_math/fewshot.txt
 
 Part 1 runs one GRPO step of the default config (`configs/training.yaml`: LoRA, 4 traces of the
 agent with local policy rollouts) and splits its wall time into
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import resource
 import threading
 import time
 import warnings
@@ -94,6 +95,7 @@ def one_grpo_step(args) -> dict:
         "train.save_steps=1000",
         f"agent.max_agent_output={args.max_agent_output}",
         f"train.max_completion_length={args.max_agent_output}",
+        f"prompt.examples={args.examples or 'null'}",
     ]
     with initialize_config_dir(config_dir=str(REPO / "configs"), version_base=None):
         cfg = load_training_config(compose(config_name="training", overrides=overrides))
@@ -116,7 +118,7 @@ def one_grpo_step(args) -> dict:
         trainer.train()
     finally:
         total = time.perf_counter() - start
-        engine_seconds = source.engine.stats.generate_seconds if source.engine else 0.0
+        engine_seconds = source.engine.stats.busy_seconds if source.engine else 0.0
         tokens = sum(len(t.completion_ids) for t in rollout.last_traces)
         rollout.close()
         sandbox.close()
@@ -142,7 +144,7 @@ def runner_speedup(args) -> dict:
     from deep_math.sandbox import Sandbox
 
     engine = TransformersEngine(device="cpu")
-    examples = load_examples("deep_math/fewshot.txt")
+    examples = load_examples(args.examples)
     problems = load_problems(None, limit=max(1, args.traces // 4))
     prompts = [
         build_prompt_ids(engine.tokenizer, p.problem, "agent", examples) for p in problems for _ in range(4)
@@ -171,7 +173,12 @@ def runner_speedup(args) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--traces", type=int, default=8, help="traces for the runner comparison")
-    parser.add_argument("--max-agent-output", type=int, default=160)
+    parser.add_argument("--max-agent-output", type=int, default=128)
+    parser.add_argument(
+        "--examples",
+        default=None,
+        help="few-shot examples file for the prompts (default: none, as configs/training.yaml)",
+    )
     parser.add_argument("--skip-step", action="store_true")
     parser.add_argument("--skip-speedup", action="store_true")
     args = parser.parse_args()
@@ -195,6 +202,9 @@ def main() -> None:
         for name, seconds in rows:
             print(f"  {name:<20} {seconds:8.2f} s  {100 * seconds / s['total']:5.1f} %")
         print("  (generation and sandbox overlap when traces run concurrently; 'rollout other' is the rest)")
+        print(
+            f"  peak RSS of this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6:.1f} GB"
+        )
 
     if not args.skip_speedup:
         r = runner_speedup(args)

@@ -153,8 +153,9 @@ class AgentVLLMClient(VLLMClient):
 
     # --- weights ----------------------------------------------------------------------------
     def init_weight_transport(self, device: Any) -> str:
-        """Pick the weight transport: "nccl" when the trainer is on CUDA, vLLM is installed and the server has a weight
-        transfer engine (then TRL's `init_communicator` runs); otherwise "http"."""
+        """Pick the weight transport and return its name: "nccl" when the trainer is on CUDA, vLLM
+        is installed and the server has a weight-transfer engine (TRL's `init_communicator` then
+        opens the NCCL group); otherwise "http" (nothing to set up)."""
         import torch
         from trl.import_utils import is_vllm_available
 

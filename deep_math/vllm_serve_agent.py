@@ -221,11 +221,14 @@ class AgentService:
             max_tokens=int(body.get("max_tokens", 16)),
             stop=stop,
         )
+        # vLLM names adapters through "model"; a name other than the served model is an adapter.
+        model = body.get("model")
+        lora_path = body.get("lora_path") or (model if model not in (None, self.model_id) else None)
         requests = []
         for p in prompts:
             for k in range(n):
                 s = sampling_from_json({**params, "seed": None if seed is None else int(seed) + k})
-                requests.append(GenRequest(list(p), s, body.get("lora_path")))
+                requests.append(GenRequest(list(p), s, lora_path))
         results = self.engine.generate(requests)
         want_logprobs = body.get("logprobs") is not None
         choices = []

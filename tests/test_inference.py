@@ -72,8 +72,14 @@ def test_resume_after_kill_9_gives_exactly_n_records(tmp_path):
         assert r["samples"][0]["tool_calls"] == 1 and r["samples"][0]["finish_reason"] == "answer"
         assert "```output\n4\n```" in r["text"][0]
         assert set(r["samples"][0]) >= {
-            "text", "model_tokens", "tool_tokens", "tool_calls", "tool_errors",
-            "tool_timeouts", "steps", "finish_reason",
+            "text",
+            "model_tokens",
+            "tool_tokens",
+            "tool_calls",
+            "tool_errors",
+            "tool_timeouts",
+            "steps",
+            "finish_reason",
         }
         assert r["meta"]["samples"] == 2 and r["meta"]["agent"] is True
 
@@ -117,15 +123,29 @@ def test_paper_overrides_map_onto_the_schema():
 def test_hydra_cli_accepts_the_paper_overrides_and_rejects_typos(tmp_path):
     base = [sys.executable, "inference.py", "--cfg", "job"]
     ok = subprocess.run(
-        base + ["+model.use_vllm=true", "+model.math_agent=true", "+model.examples=deep_math/fewshot.txt",
-                "+model.max_agent_output=20000", "+model.max_steps=50", "model.generation.max_new_tokens=3000",
-                "hf_tag=HuggingFaceH4/MATH-500", f"generated_file={tmp_path}/o.jsonl"],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
+        base
+        + [
+            "+model.use_vllm=true",
+            "+model.math_agent=true",
+            "+model.examples=deep_math/fewshot.txt",
+            "+model.max_agent_output=20000",
+            "+model.max_steps=50",
+            "model.generation.max_new_tokens=3000",
+            "hf_tag=HuggingFaceH4/MATH-500",
+            f"generated_file={tmp_path}/o.jsonl",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert ok.returncode == 0, ok.stderr[-2000:]
     bad = subprocess.run(
         [sys.executable, "inference.py", "+model.max_step=5", f"generated_file={tmp_path}/o.jsonl"],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert bad.returncode != 0
     assert "max_step" in bad.stderr and "Did you mean 'max_steps'" in bad.stderr

@@ -199,3 +199,18 @@ def test_trainer_refuses_a_mismatched_server(server, tiny_dir, tmp_path):
     )
     with pytest.raises(HandshakeError, match="max_steps: server 2 vs trainer 5"):
         build_trace_source(cfg, tokenizer=None)
+
+
+def test_engine_server_inference_can_use_this_server(server, tokenizer):
+    from deep_math.engines import build_engine
+    from deep_math.engines.base import GenRequest
+
+    engine = build_engine("server", base_url=server, tokenizer=tokenizer, timeout=60)
+    try:
+        prompt = tokenizer.encode("Hello")
+        (eos,) = engine.generate([GenRequest(prompt, SamplingParams(temperature=0.0, max_tokens=6))])
+        assert len(eos.token_ids) == len(eos.logprobs) <= 6 and eos.finish_reason in ("length", "eos", "stop")
+        other = engine.generate([GenRequest(prompt, SamplingParams(temperature=0.0, max_tokens=6))])[0]
+        assert other.token_ids == eos.token_ids  # greedy is reproducible through the server
+    finally:
+        engine.close()

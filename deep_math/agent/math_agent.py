@@ -101,7 +101,9 @@ class MathAgent(CodeAgent):
         ids = self.trace.completion_ids
         if self.trace.finish_reason == "eos" and ids and ids[-1] == self.tokenizer.eos_token_id:
             ids = ids[:-1]  # as engines do: the EOS id stays in completion_ids, not in the text
-        self.trace.text = self.tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        self.trace.text = self.tokenizer.decode(
+            ids, skip_special_tokens=False, clean_up_tokenization_spaces=False
+        )
         return self.trace
 
     # --- smolagents hooks -------------------------------------------------------------------

@@ -29,7 +29,9 @@ class EngineModel(Model):
         (result,) = self.engine.generate([GenRequest(list(prompt_ids), params, self.lora_path)])
         return result
 
-    def generate(self, messages, stop_sequences=None, response_format=None, tools_to_call_from=None, **kwargs):
+    def generate(
+        self, messages, stop_sequences=None, response_format=None, tools_to_call_from=None, **kwargs
+    ):
         if response_format is not None or tools_to_call_from:
             raise NotImplementedError("EngineModel supports plain text generation only")
         tokenizer = self.engine.tokenizer
@@ -38,7 +40,9 @@ class EngineModel(Model):
             if isinstance(m.get("content"), list):
                 m["content"] = "".join(p.get("text", "") for p in m["content"])
             m["role"] = str(getattr(m["role"], "value", m["role"]))
-        ids = tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=True, return_dict=False)
+        ids = tokenizer.apply_chat_template(
+            chat, add_generation_prompt=True, tokenize=True, return_dict=False
+        )
         result = self.generate_ids(ids, self.sampling.max_tokens, stop_sequences or [], step=0)
         return ChatMessage(
             role=MessageRole.ASSISTANT,

@@ -15,7 +15,16 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 # meta fields that must agree for a resumed run to extend an existing file
-RESUME_KEYS = ("model", "lora_path", "engine", "agent", "template", "samples", "max_agent_output", "max_steps")
+RESUME_KEYS = (
+    "model",
+    "lora_path",
+    "engine",
+    "agent",
+    "template",
+    "samples",
+    "max_agent_output",
+    "max_steps",
+)
 
 
 class GeneratedFile:

@@ -121,7 +121,9 @@ def run_inference(cfg: InferenceConfig, engine=None) -> RunSummary:
         prompts, params, owners = [], [], []
         g = m.generation
         for i in todo:
-            ids_i = build_prompt_ids(engine.tokenizer, problems[i].problem, template=m.template, examples=examples)
+            ids_i = build_prompt_ids(
+                engine.tokenizer, problems[i].problem, template=m.template, examples=examples
+            )
             for j in range(m.sampling):
                 prompts.append(ids_i)
                 params.append(

@@ -73,7 +73,7 @@ class PolicyTraceSource:
     ) -> list[Trace]:
         model = trainer.accelerator.unwrap_model(trainer.model)
         was_training = model.training
-        self._ensure(model)  # the engine puts the model in eval mode
+        self._ensure(model)
         model.eval()
         try:
             return self.runner.run(prompt_ids, sampling)

@@ -1,0 +1,43 @@
+"""The agent server's command line and config file (no server started)."""
+
+from __future__ import annotations
+
+import pytest
+
+from deep_math.config_utils import ConfigError
+from deep_math.vllm_serve_agent import parse_args
+from tests.conftest import REPO
+
+SHIPPED = str(REPO / "configs" / "vllm_agent_server.yaml")
+
+
+def test_flags_override_the_config_file():
+    cfg = parse_args(["--config", SHIPPED, "--engine", "transformers", "--max_steps", "7", "--port", "0"])
+    assert (cfg.engine, cfg.max_steps, cfg.port) == ("transformers", 7, 0)
+    assert cfg.model == "Qwen/Qwen3-4B-Thinking-2507" and cfg.max_agent_output == 5000  # from the file
+    assert cfg.agent_config().max_steps == 7
+
+
+def test_shipped_config_starts_with_its_command():
+    assert (
+        (REPO / "configs" / "vllm_agent_server.yaml")
+        .read_text()
+        .startswith("# python -m deep_math.vllm_serve_agent")
+    )
+
+
+def test_unknown_config_key_fails_listing_valid_ones(tmp_path):
+    bad = tmp_path / "server.yaml"
+    bad.write_text("max_step: 3\n")
+    with pytest.raises(ConfigError, match=r"'max_step'.*Did you mean 'max_steps'.*Valid keys"):
+        parse_args(["--config", str(bad)])
+
+
+def test_data_parallel_needs_vllm():
+    with pytest.raises(ConfigError, match="data_parallel_size 2 needs --engine vllm"):
+        parse_args(["--engine", "transformers", "--data_parallel_size", "2"])
+
+
+def test_engine_kwargs_are_json():
+    cfg = parse_args(["--engine_kwargs", '{"gpu_memory_utilization": 0.8}'])
+    assert cfg.engine_kwargs == {"gpu_memory_utilization": 0.8}
