@@ -124,7 +124,6 @@ def test_two_step_grpo_with_local_policy_rollouts(tiny_dir, tmp_path, monkeypatc
     PeftModel.from_pretrained(base, str(out))  # a standard peft adapter folder
 
 
-@pytest.mark.slow
 def test_resume_continues_from_the_last_checkpoint(tiny_dir, tmp_path, monkeypatch):
     from deep_math.training import rewards
     from deep_math.training.builders import run_training

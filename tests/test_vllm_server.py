@@ -153,7 +153,6 @@ def test_weight_update_changes_the_served_weights(client, tiny_dir, tokenizer):
     assert greedy_after != greedy_before
 
 
-@pytest.mark.slow
 def test_two_step_grpo_through_the_server_syncs_weights(server, client, tiny_dir, tmp_path, monkeypatch):
     import copy
 
