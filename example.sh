@@ -1,46 +1,55 @@
 #!/usr/bin/env bash
-# Every DeepMath workflow, in order. Run one section at a time, e.g.  bash example.sh cpu
-#   cpu: train -> infer -> evaluate end to end on the embedded SmolLM2-135M (CPU, minutes)
-#   gpu: the paper's commands (Qwen3-4B-Thinking on CUDA GPUs, vLLM + DeepSpeed: pip install -e '.[gpu]')
+# Every DeepMath workflow, in order. Run one section at a time:  bash example.sh cpu | server | gpu
+#   cpu:    train -> infer -> evaluate end to end on the embedded SmolLM2-135M (CPU, ~15 minutes)
+#   server: the paper's Figure 1 on CPU: agent server (transformers engine) + GRPO trainer talking to it
+#   gpu:    the paper's commands (Qwen3-4B-Thinking, CUDA GPUs, vLLM + DeepSpeed: pip install -e '.[gpu]')
 set -euo pipefail
 cd "$(dirname "$0")"
 section=${1:-cpu}
 
 if [[ $section == cpu ]]; then
   out=outputs/example-cpu
-  # 1. A few GRPO steps with LoRA and local agentic rollouts; saves a peft adapter.
-  python training.py output_dir=$out/train
+  # 1. Two GRPO steps with LoRA and local agentic rollouts (current policy); saves a peft adapter.
+  python training.py train.output_dir=$out/train
   # 2. Baseline (no tools), agent, and agent + the trained LoRA adapter, 2 samples per problem.
   common="limit=4 model.sampling=2 +model.max_agent_output=256 model.generation.max_new_tokens=256"
   python inference.py $common +model.math_agent=false generated_file=$out/baseline.jsonl
   python inference.py $common +model.math_agent=true generated_file=$out/agent.jsonl
-  python inference.py $common +model.math_agent=true model.lora_path=$out/train/adapter generated_file=$out/agent-lora.jsonl
+  python inference.py $common +model.math_agent=true model.lora_path=$out/train generated_file=$out/agent-lora.jsonl
   # 3. One comparison table (markdown + YAML) and an accuracy-vs-length plot.
   python evaluation.py generated_file=$out/baseline.jsonl,$out/agent.jsonl,$out/agent-lora.jsonl
+fi
+
+if [[ $section == server ]]; then
+  # The agent server must run the same agent settings as the trainer (checked at start-up).
+  python -m deep_math.vllm_serve_agent --engine transformers --max_steps 3 --max_agent_output 128 \
+    --host 127.0.0.1 --port 8000 &
+  server=$!
+  trap 'kill $server' EXIT
+  python training.py rollout.backend=server rollout.server_url=http://127.0.0.1:8000 \
+    train.output_dir=outputs/example-server
 fi
 
 if [[ $section == gpu ]]; then
   model=Qwen/Qwen3-4B-Thinking-2507
   out=outputs/example-gpu
-  # 1. Training (the paper's Figure 1): the agentic generation server on GPU 0 ...
+  # 1. Training (Figure 1 of the paper): the agentic generation server on GPU 0 ...
   CUDA_VISIBLE_DEVICES=0 python -m deep_math.vllm_serve_agent --model $model \
     --max_steps 50 --max_agent_output 5000 --engine vllm --config configs/vllm_agent_server.yaml &
   server=$!
   trap 'kill $server' EXIT
-  # ... and the GRPO trainer on the other GPUs (DeepSpeed ZeRO-2), talking to it.
+  # ... and the GRPO trainer on the other GPUs (DeepSpeed ZeRO-2), pulling agent traces from it.
   CUDA_VISIBLE_DEVICES=1,2,3 accelerate launch --config_file configs/zero2.yaml --num_processes 3 \
-    training.py --config-name training_paper output_dir=$out/train
+    training.py --config-name training_paper train.output_dir=$out/train
   kill $server; trap - EXIT
   # 2. Inference on MATH-500 with vLLM, 16 samples per problem (maj@16): baseline, agent, agent + LoRA.
   common="model.model_name_or_path=$model +model.use_vllm=true hf_tag=HuggingFaceH4/MATH-500 model.sampling=16 model.generation.max_new_tokens=3000"
+  agent="+model.math_agent=true +model.examples=deep_math/fewshot.txt +model.max_agent_output=20000 +model.max_steps=50"
   python inference.py $common +model.math_agent=false generated_file=$out/math500-baseline.jsonl
-  python inference.py $common +model.math_agent=true +model.examples=deep_math/fewshot.txt \
-    +model.max_agent_output=20000 +model.max_steps=50 generated_file=$out/math500-agent.jsonl
-  python inference.py $common +model.math_agent=true +model.examples=deep_math/fewshot.txt \
-    +model.max_agent_output=20000 +model.max_steps=50 model.lora_path=$out/train/adapter \
-    generated_file=$out/math500-agent-lora.jsonl
-  # 3. Table 1 of the paper: maj@16 accuracy and mean output length, plus pass@k and tool statistics.
+  python inference.py $common $agent generated_file=$out/math500-agent.jsonl
+  python inference.py $common $agent model.lora_path=$out/train generated_file=$out/math500-agent-lora.jsonl
+  # 3. Table 1 of the paper (maj@16 accuracy, mean output length) plus pass@k and tool statistics.
   python evaluation.py generated_file=$out/math500-baseline.jsonl,$out/math500-agent.jsonl,$out/math500-agent-lora.jsonl
-  # Sweeps on SLURM: Hydra's submitit launcher (pip install -e '.[slurm]'), one job per setting.
-  # python inference.py -m hydra/launcher=slurm model.generation.temperature=0.6,1.0 ...
+  # Sweeps on SLURM through Hydra's submitit launcher (pip install -e '.[slurm]'), one job per setting:
+  #   python inference.py -m hydra/launcher=slurm model.generation.temperature=0.6,1.0 $common $agent
 fi

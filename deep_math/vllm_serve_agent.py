@@ -307,6 +307,8 @@ class AgentService:
         with self._update_lock:
             dropped = len(self._staged or {})
             self._staged = None
+        if hasattr(self.engine, "abort_weight_update"):  # e.g. vllm: releases its open update
+            self.engine.abort_weight_update()
         log.warning("Weight update aborted by the client (%d staged tensors dropped)", dropped)
         return {"success": True, "version": self.version}
 
