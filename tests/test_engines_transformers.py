@@ -272,3 +272,43 @@ def test_throughput_batch_vs_single(engine):
         f"batch of 8 greedy: {batch_tps:.1f} tok/s; batch of 8 sampled (top-p/top-k): {sampled_tps:.1f} tok/s"
     )
     assert batch_tps > single_tps
+
+
+def test_gqa_sdpa_attention_gives_identical_batched_outputs():
+    """The CPU grouped-query attention the engine switches to must not change a single logit."""
+    import torch
+
+    from deep_math.engines.attention import NAME, use_gqa_sdpa
+    from deep_math.models import load_model
+
+    model = load_model(None).eval()
+    assert model.config._attn_implementation == "sdpa"
+    ids = torch.tensor([[2, 2, 2, 504, 3717, 314], [1, 504, 3717, 314, 1345, 28]])
+    mask = (ids != 2).long()
+    with torch.inference_mode():
+        before = model(input_ids=ids, attention_mask=mask).logits
+        assert use_gqa_sdpa(model) and model.config._attn_implementation == NAME
+        after = model(input_ids=ids, attention_mask=mask).logits
+    assert torch.equal(before[mask.bool()], after[mask.bool()])
+
+
+def test_prefix_cache_reuses_the_shared_prompt_and_changes_no_output():
+    """Agent prompts share a long system prompt; reusing its KV must give the same tokens."""
+    from deep_math.engines.base import GenRequest, SamplingParams
+    from deep_math.engines.transformers_engine import TransformersEngine
+    from deep_math.models import load_model, load_tokenizer
+
+    tok, model = load_tokenizer(None), load_model(None).eval()
+    system = tok.encode("You solve math problems with Python. " * 12)
+    prompts = [system + tok.encode(f" Problem {k}: what is {k} + {k}?") for k in range(3)] + [system]
+    reqs = [GenRequest(p, SamplingParams(temperature=0, max_tokens=6)) for p in prompts]
+    plain = TransformersEngine(tokenizer=tok, model=model, prefix_cache=False).generate(reqs)
+    engine = TransformersEngine(tokenizer=tok, model=model, prefix_cache=True)
+    cached = engine.generate(reqs)
+    again = engine.generate(reqs[:2])
+    assert [r.token_ids for r in cached] == [r.token_ids for r in plain]
+    assert [r.token_ids for r in again] == [r.token_ids for r in plain[:2]]
+    for a, b in zip(cached, plain, strict=True):
+        assert max(abs(x - y) for x, y in zip(a.logprobs, b.logprobs, strict=True)) < 1e-3
+    assert engine._prefix.misses == 1 and engine._prefix.hits == 1
+    engine.close()

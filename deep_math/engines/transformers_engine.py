@@ -33,6 +33,8 @@ from typing import Any, Literal
 import torch
 from transformers import LogitsProcessor, StoppingCriteria
 
+from deep_math.engines.attention import NAME as ATTENTION_NAME
+from deep_math.engines.attention import use_gqa_sdpa
 from deep_math.engines.base import GenRequest, GenResult, SamplingParams
 from deep_math.engines.batching import BatchStats, MicroBatcher
 from deep_math.engines.stops import cut_generation, decode, result_text
@@ -135,6 +137,81 @@ class RowStops(StoppingCriteria):
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
 
+class PrefixCache:
+    """KV cache of prompt prefixes shared across generate calls.
+
+    Agent traces re-send their whole prompt at every step, and on CPU prefill is compute-bound
+    (~2 s per 1,000 tokens for SmolLM2-135M here): without reuse every step of every trace pays
+    again for the same system prompt + few-shot examples and for its own earlier steps. For each
+    batch the longest cached prefix that all its prompts share is reused; when none is cached,
+    the batch's common prefix is computed once (batch 1) and kept. The `size` most recently used
+    prefixes are kept. One token of every prompt stays uncached (generate needs one new input
+    position per row). Used only for models whose layers are all full attention."""
+
+    MIN_TOKENS = 64
+
+    def __init__(self, model: Any, size: int = 8):
+        self.model = model
+        self.size = size
+        self._entries: dict[tuple[int, ...], list[tuple[torch.Tensor, torch.Tensor]]] = {}
+        config = model.config
+        config = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+        layer_types = getattr(config, "layer_types", None) or ["full_attention"]
+        self.enabled = all(t == "full_attention" for t in layer_types) and not getattr(
+            config, "sliding_window", None
+        )
+        self.hits = self.misses = 0
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+    @staticmethod
+    def _common_length(requests: Sequence[GenRequest]) -> int:
+        first = requests[0].prompt_ids
+        n = min(len(r.prompt_ids) for r in requests) - 1
+        for r in requests[1:]:
+            ids, k = r.prompt_ids, 0
+            while k < n and ids[k] == first[k]:
+                k += 1
+            n = k
+        return n
+
+    def usable_length(self, requests: Sequence[GenRequest]) -> int:
+        """Length of the prefix to reuse for this batch (0: none)."""
+        if not self.enabled:
+            return 0
+        common = self._common_length(requests)
+        if common < self.MIN_TOKENS:
+            return 0
+        first = requests[0].prompt_ids
+        cached = [len(k) for k in self._entries if len(k) <= common and tuple(first[: len(k)]) == k]
+        return max(cached) if cached else common
+
+    def expand(self, prefix: list[int], batch: int):
+        """A fresh DynamicCache holding `prefix`'s KV for `batch` rows (computed if missing)."""
+        from transformers import DynamicCache
+
+        key = tuple(prefix)
+        layers = self._entries.pop(key, None)
+        if layers is None:
+            self.misses += 1
+            device = next(self.model.parameters()).device
+            out = self.model(
+                input_ids=torch.tensor([prefix], device=device), use_cache=True, logits_to_keep=1
+            )
+            layers = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
+        else:
+            self.hits += 1
+        self._entries[key] = layers  # most recently used last
+        while len(self._entries) > self.size:
+            self._entries.pop(next(iter(self._entries)))
+        data = [
+            (k.expand(batch, -1, -1, -1).contiguous(), v.expand(batch, -1, -1, -1).contiguous())
+            for k, v in layers
+        ]
+        return DynamicCache(data, config=self.model.config)
+
+
 class TransformersEngine:
     """Engine on a local transformers model (CPU or CUDA). See the module docstring.
 
@@ -160,6 +237,7 @@ class TransformersEngine:
         tokenizer: Any = None,
         model: Any = None,
         logprobs_mode: LogprobsMode = "processed",
+        prefix_cache: bool | None = None,
     ):
         if logprobs_mode not in ("processed", "raw"):
             raise ValueError(f"logprobs_mode must be 'processed' or 'raw', got {logprobs_mode!r}")
@@ -179,6 +257,10 @@ class TransformersEngine:
         self._base_model = model_name_or_path
         self._dtype = dtype
         self.device = next(self.model.parameters()).device
+        # Batched CPU decoding of grouped-query models: avoid copying the KV cache per step
+        # (identical outputs; see deep_math/engines/attention.py).
+        if use_gqa_sdpa(self.model):
+            log.info("CPU attention switched to %s (grouped-query SDPA without KV copies)", ATTENTION_NAME)
         self.lora_path = lora_path
         self.logprobs_mode: LogprobsMode = logprobs_mode
 
@@ -188,6 +270,14 @@ class TransformersEngine:
         # Held while generating and while weights are replaced, so a weight update never lands
         # in the middle of a generate call.
         self._model_lock = threading.Lock()
+        # The shared prompt prefix (system prompt + few-shot examples) is prefilled once and its
+        # KV reused by every batch. Off by default for a passed-in model: its weights change under
+        # us (the trainer's policy), and a stale cache would be silently wrong.
+        self._prefix = (
+            PrefixCache(self.model)
+            if (prefix_cache if prefix_cache is not None else not model_given)
+            else None
+        )
         self._batcher = MicroBatcher(
             self._run_batch,
             max_batch_size,
@@ -240,6 +330,8 @@ class TransformersEngine:
         with self._model_lock, torch.no_grad():
             for target, tensor in resolved:
                 target.copy_(tensor.to(device=target.device, dtype=target.dtype))
+            if self._prefix is not None:
+                self._prefix.clear()
 
     def load_lora(self, lora_path: str | None) -> None:
         """Serve `base model + adapter` (None: the plain base model) from now on.
@@ -253,6 +345,8 @@ class TransformersEngine:
         with self._model_lock:
             self.model = model
             self.lora_path = lora_path
+            if self._prefix is not None:
+                self._prefix = PrefixCache(model)
 
     def close(self) -> None:
         """Finish the batch in flight and stop the worker; queued requests fail. Idempotent."""
@@ -287,16 +381,34 @@ class TransformersEngine:
             generators.append(g)
         return generators
 
-    def _run_batch(self, requests: list[GenRequest]) -> list[GenResult]:
-        rows = [r.sampling for r in requests]
-        width = max(len(r.prompt_ids) for r in requests)
+    def _pack(self, requests: list[GenRequest], prefix_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token matrix + attention mask. Without a shared prefix: left padding, so all prompts
+        end at the same column. With one: [shared prefix | padding | own suffix]; the padding sits
+        in the middle, position ids follow the mask (generate derives them from its cumsum)."""
+        suffix_width = max(len(r.prompt_ids) - prefix_len for r in requests)
+        width = prefix_len + suffix_width
         input_ids = torch.full((len(requests), width), self._pad_id, dtype=torch.long)
         attention_mask = torch.zeros((len(requests), width), dtype=torch.long)
-        for i, r in enumerate(requests):  # left padding: all prompts end at the same column
-            input_ids[i, width - len(r.prompt_ids) :] = torch.tensor(r.prompt_ids, dtype=torch.long)
-            attention_mask[i, width - len(r.prompt_ids) :] = 1
+        for i, r in enumerate(requests):
+            suffix = r.prompt_ids[prefix_len:]
+            input_ids[i, :prefix_len] = torch.tensor(r.prompt_ids[:prefix_len], dtype=torch.long)
+            attention_mask[i, :prefix_len] = 1
+            input_ids[i, width - len(suffix) :] = torch.tensor(suffix, dtype=torch.long)
+            attention_mask[i, width - len(suffix) :] = 1
+        return input_ids, attention_mask
+
+    def _run_batch(self, requests: list[GenRequest]) -> list[GenResult]:
+        rows = [r.sampling for r in requests]
         sampler = RowSampler(rows, self._generators(rows), self.device, self.logprobs_mode)
         with self._model_lock, torch.inference_mode():
+            prefix_len = self._prefix.usable_length(requests) if self._prefix is not None else 0
+            input_ids, attention_mask = self._pack(requests, prefix_len)
+            width = input_ids.shape[1]
+            extra = (
+                {"past_key_values": self._prefix.expand(requests[0].prompt_ids[:prefix_len], len(requests))}
+                if prefix_len
+                else {}
+            )
             sequences = self.model.generate(
                 input_ids=input_ids.to(self.device),
                 attention_mask=attention_mask.to(self.device),
@@ -310,6 +422,7 @@ class TransformersEngine:
                 temperature=None,
                 top_p=None,
                 top_k=None,
+                **extra,
             )
         new_ids = sequences[:, width:].tolist()
         logprobs = torch.stack(sampler.logprobs, dim=1).tolist() if sampler.logprobs else [[] for _ in rows]
