@@ -312,3 +312,24 @@ def test_prefix_cache_reuses_the_shared_prompt_and_changes_no_output():
         assert max(abs(x - y) for x, y in zip(a.logprobs, b.logprobs, strict=True)) < 1e-3
     assert engine._prefix.misses == 1 and engine._prefix.hits == 1
     engine.close()
+
+
+def test_chunked_batches_drop_finished_rows_without_changing_samples():
+    """Rows leave the batch between chunks; seeded samples must be the same as unchunked."""
+    from deep_math.engines.base import GenRequest, SamplingParams
+    from deep_math.engines.transformers_engine import TransformersEngine
+    from deep_math.models import load_model, load_tokenizer
+
+    tok, model = load_tokenizer(None), load_model(None).eval()
+    prompts = [tok.encode(f"Count to {k}: 1, 2,") for k in (3, 9, 20)]
+    reqs = [
+        GenRequest(p, SamplingParams(temperature=0.8, top_p=0.9, max_tokens=m, stop=["5"], seed=k))
+        for k, (p, m) in enumerate(zip(prompts, (3, 17, 30), strict=True))
+    ]
+    whole = TransformersEngine(tokenizer=tok, model=model, chunk_tokens=0).generate(reqs)
+    chunked = TransformersEngine(tokenizer=tok, model=model, chunk_tokens=4).generate(reqs)
+    assert [r.token_ids for r in chunked] == [r.token_ids for r in whole]
+    assert [r.finish_reason for r in chunked] == [r.finish_reason for r in whole]
+    for a, b in zip(chunked, whole, strict=True):
+        assert len(a.logprobs) == len(a.token_ids)
+        assert max((abs(x - y) for x, y in zip(a.logprobs, b.logprobs, strict=True)), default=0) < 1e-3

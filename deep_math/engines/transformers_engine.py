@@ -222,6 +222,10 @@ class TransformersEngine:
     model is used as is, in whatever train/eval mode it is; dropout makes outputs noisy).
     max_batch_size/batch_wait_ms: micro-batching limits (see module docstring).
     logprobs_mode: "processed" (default) or "raw" (see module docstring).
+    prefix_cache: reuse the KV of prompt prefixes shared across calls (see PrefixCache); default
+    on for a model the engine loaded, off for a passed-in one (its weights may change under us).
+    chunk_tokens: generate a multi-row batch this many tokens at a time and drop finished rows in
+    between (0: one generate call per batch).
     """
 
     name = "transformers"
@@ -238,6 +242,7 @@ class TransformersEngine:
         model: Any = None,
         logprobs_mode: LogprobsMode = "processed",
         prefix_cache: bool | None = None,
+        chunk_tokens: int = 32,
     ):
         if logprobs_mode not in ("processed", "raw"):
             raise ValueError(f"logprobs_mode must be 'processed' or 'raw', got {logprobs_mode!r}")
@@ -270,6 +275,7 @@ class TransformersEngine:
         # Held while generating and while weights are replaced, so a weight update never lands
         # in the middle of a generate call.
         self._model_lock = threading.Lock()
+        self.chunk_tokens = chunk_tokens
         # The shared prompt prefix (system prompt + few-shot examples) is prefilled once and its
         # KV reused by every batch. Off by default for a passed-in model: its weights change under
         # us (the trainer's policy), and a stale cache would be silently wrong.
@@ -398,36 +404,70 @@ class TransformersEngine:
         return input_ids, attention_mask
 
     def _run_batch(self, requests: list[GenRequest]) -> list[GenResult]:
+        """One batch, generated in chunks of `chunk_tokens`: after each chunk the rows that are
+        done (stop string, EOS, max_tokens) leave the batch and their KV rows are dropped, so a
+        batch whose rows finish at very different lengths stops paying for the finished ones.
+        Each row keeps its own random generator across chunks, so chunking changes no sample."""
         rows = [r.sampling for r in requests]
-        sampler = RowSampler(rows, self._generators(rows), self.device, self.logprobs_mode)
+        generators = self._generators(rows)
+        new_ids: list[list[int]] = [[] for _ in requests]
+        new_lps: list[list[float]] = [[] for _ in requests]
         with self._model_lock, torch.inference_mode():
             prefix_len = self._prefix.usable_length(requests) if self._prefix is not None else 0
-            input_ids, attention_mask = self._pack(requests, prefix_len)
-            width = input_ids.shape[1]
-            extra = (
-                {"past_key_values": self._prefix.expand(requests[0].prompt_ids[:prefix_len], len(requests))}
+            seq, mask = (t.to(self.device) for t in self._pack(requests, prefix_len))
+            width = seq.shape[1]
+            past = (
+                self._prefix.expand(requests[0].prompt_ids[:prefix_len], len(requests))
                 if prefix_len
-                else {}
+                else None
             )
-            sequences = self.model.generate(
-                input_ids=input_ids.to(self.device),
-                attention_mask=attention_mask.to(self.device),
-                do_sample=False,
-                max_new_tokens=max(r.max_tokens for r in rows),
-                logits_processor=[sampler],
-                stopping_criteria=[RowStops(self.tokenizer, width, rows)],
-                eos_token_id=sorted(self._eos_ids),
-                pad_token_id=self._pad_id,
-                # Neutralize sampling knobs a checkpoint's generation_config may carry.
-                temperature=None,
-                top_p=None,
-                top_k=None,
-                **extra,
-            )
-        new_ids = sequences[:, width:].tolist()
-        logprobs = torch.stack(sampler.logprobs, dim=1).tolist() if sampler.logprobs else [[] for _ in rows]
+            active = list(range(len(requests)))
+            while active:
+                act_rows = [rows[i] for i in active]
+                budget = max(rows[i].max_tokens - len(new_ids[i]) for i in active)
+                step = (
+                    budget if self.chunk_tokens <= 0 or len(active) == 1 else min(budget, self.chunk_tokens)
+                )
+                sampler = RowSampler(
+                    act_rows, [generators[i] for i in active], self.device, self.logprobs_mode
+                )
+                out = self.model.generate(
+                    input_ids=seq,
+                    attention_mask=mask,
+                    past_key_values=past,
+                    do_sample=False,
+                    max_new_tokens=step,
+                    logits_processor=[sampler],
+                    stopping_criteria=[RowStops(self.tokenizer, width, act_rows)],
+                    eos_token_id=sorted(self._eos_ids),
+                    pad_token_id=self._pad_id,
+                    return_dict_in_generate=True,
+                    # Neutralize sampling knobs a checkpoint's generation_config may carry.
+                    temperature=None,
+                    top_p=None,
+                    top_k=None,
+                )
+                chunk = out.sequences[:, seq.shape[1] :]
+                chunk_lps = torch.stack(sampler.logprobs, dim=1).tolist() if sampler.logprobs else []
+                keep = []
+                for j, i in enumerate(active):
+                    new_ids[i] += chunk[j].tolist()
+                    new_lps[i] += chunk_lps[j] if chunk_lps else []
+                    cut = cut_generation(
+                        self.tokenizer, new_ids[i], rows[i].stop, self._eos_ids, rows[i].max_tokens
+                    )
+                    if cut.finish_reason == "length" and len(new_ids[i]) < rows[i].max_tokens:
+                        keep.append(j)
+                if not keep:
+                    break
+                index = torch.tensor(keep, device=self.device)
+                past = out.past_key_values
+                past.batch_select_indices(index)
+                seq = out.sequences[index]
+                mask = torch.cat([mask, torch.ones_like(chunk)], dim=1)[index]
+                active = [active[j] for j in keep]
         results = []
-        for ids, lps, sampling in zip(new_ids, logprobs, rows, strict=True):
+        for ids, lps, sampling in zip(new_ids, new_lps, rows, strict=True):
             cut = cut_generation(self.tokenizer, ids, sampling.stop, self._eos_ids, sampling.max_tokens)
             kept = ids[: cut.n_tokens]
             results.append(
