@@ -111,7 +111,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--traces", type=int, default=16)
     ap.add_argument("--max-agent-output", type=int, default=160)
-    ap.add_argument("--chunk-tokens", type=int, default=None, help="engine chunk size (default: the engine's)")
+    ap.add_argument(
+        "--chunk-tokens", type=int, default=None, help="engine chunk size (default: the engine's)"
+    )
     args = ap.parse_args()
 
     extra = {} if args.chunk_tokens is None else {"chunk_tokens": args.chunk_tokens}
