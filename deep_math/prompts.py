@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from deep_math.agent.config import TOOL_CLOSE, TOOL_OPEN
 from deep_math.config_utils import unknown_name_error
 
 log = logging.getLogger(__name__)
@@ -29,8 +30,6 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 REPO_ROOT = PACKAGE_DIR.parent
 DEFAULT_EXAMPLES = "deep_math/fewshot.txt"
 
-TOOL_OPEN = "<tool_call>"
-TOOL_CLOSE = "</tool_call>"
 EXAMPLE_SEPARATOR = "---"
 
 # What the instruction tells the model it may import; the sandbox's allow-list is the authority.
