@@ -13,8 +13,9 @@ observations, thread hand-offs).
 from __future__ import annotations
 
 import argparse
-import threading
 import time
+
+from busy_clock import BusyClock  # bench/ is sys.path[0] when run as a script
 
 from deep_math.agent.config import AgentConfig
 from deep_math.agent.runner import AgentRunner
@@ -23,28 +24,6 @@ from deep_math.engines import build_engine
 from deep_math.engines.base import SamplingParams
 from deep_math.prompts import build_prompt_ids, load_examples
 from deep_math.sandbox import Sandbox
-
-
-class BusyClock:
-    """Union of the intervals during which at least one engine or sandbox call is in flight."""
-
-    def __init__(self):
-        self.lock = threading.Lock()
-        self.active = 0
-        self.since = 0.0
-        self.busy = 0.0
-
-    def enter(self):
-        with self.lock:
-            if self.active == 0:
-                self.since = time.perf_counter()
-            self.active += 1
-
-    def exit(self):
-        with self.lock:
-            self.active -= 1
-            if self.active == 0:
-                self.busy += time.perf_counter() - self.since
 
 
 class TimedEngine:

@@ -19,10 +19,11 @@ from __future__ import annotations
 import argparse
 import functools
 import resource
-import threading
 import time
 import warnings
 from pathlib import Path
+
+from busy_clock import BusyClock  # bench/ is sys.path[0] when run as a script
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -32,35 +33,26 @@ class TimedSandbox:
 
     def __init__(self, inner):
         self.inner = inner
-        self.lock = threading.Lock()
-        self.active = 0
-        self.busy = 0.0
-        self._since = 0.0
-        self.snippets = 0
+        self.clock = BusyClock()
 
-    def _enter(self):
-        with self.lock:
-            if self.active == 0:
-                self._since = time.perf_counter()
-            self.active += 1
-            self.snippets += 1
+    @property
+    def busy(self) -> float:
+        return self.clock.busy
 
-    def _exit(self):
-        with self.lock:
-            self.active -= 1
-            if self.active == 0:
-                self.busy += time.perf_counter() - self._since
+    @property
+    def snippets(self) -> int:
+        return self.clock.entries
 
     def session(self):
         session = self.inner.session()
         run = session.run
 
         def timed_run(*args, **kwargs):
-            self._enter()
+            self.clock.enter()
             try:
                 return run(*args, **kwargs)
             finally:
-                self._exit()
+                self.clock.exit()
 
         session.run = timed_run
         return session
