@@ -271,20 +271,20 @@ class AgentService:
             self._staged.update(tensors)
             return {"success": True, "staged": len(self._staged)}
 
-    def update_weights_nccl(self, body: dict[str, Any]) -> dict[str, Any]:
-        if not hasattr(self.engine, "update_weights_nccl"):
+    def _nccl_hook(self, name: str):
+        hook = getattr(self.engine, name, None)
+        if hook is None:
             raise HTTPError(
                 501, f"engine '{self.cfg.engine}' has no NCCL weight transfer; use /update_weights_http"
             )
-        self.engine.update_weights_nccl(body.get("update_info", {}))
+        return hook
+
+    def update_weights_nccl(self, body: dict[str, Any]) -> dict[str, Any]:
+        self._nccl_hook("update_weights_nccl")(body.get("update_info", {}))
         return {"success": True}
 
     def init_weight_transfer(self, body: dict[str, Any]) -> dict[str, Any]:
-        if not hasattr(self.engine, "init_weight_transfer"):
-            raise HTTPError(
-                501, f"engine '{self.cfg.engine}' has no NCCL weight transfer; use /update_weights_http"
-            )
-        self.engine.init_weight_transfer(body.get("init_info", {}))
+        self._nccl_hook("init_weight_transfer")(body.get("init_info", {}))
         return {"success": True}
 
     def finish_weight_update(self) -> dict[str, Any]:
