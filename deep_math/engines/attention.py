@@ -7,6 +7,9 @@ i.e. for every left-padded batch. On CPU that copy dominated batched decoding: f
 was `aten::copy_`. torch's SDPA takes `enable_gqa=True` with a mask on CPU and gives identical
 results without the copy (see bench/agent_throughput.py). On other devices, and for models
 without grouped KV heads, the stock implementation runs unchanged.
+
+While a `shared_prefix.SharedPrefixCache` is active (the engine's batches over a shared prompt
+prefix), this attention runs the cascade over [shared prefix | each row's own tokens] instead.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ import torch
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+
+from deep_math.engines import shared_prefix
 
 NAME = "deep_math_sdpa"
 
@@ -30,6 +35,9 @@ def sdpa_gqa_attention_forward(
     is_causal: bool | None = None,
     **kwargs,
 ) -> tuple[torch.Tensor, None]:
+    layer = shared_prefix.current(module)
+    if layer is not None:
+        return shared_prefix.cascade_attention(layer, query, key, value, attention_mask, scaling), None
     groups = getattr(module, "num_key_value_groups", 1)
     if (
         query.device.type != "cpu"
@@ -79,3 +87,11 @@ def use_gqa_sdpa(model: torch.nn.Module) -> bool:
         return False
     model.set_attn_implementation(register())
     return True
+
+
+def uses_gqa_sdpa(model: torch.nn.Module) -> bool:
+    """True if `model` runs NAME (then `SharedPrefixCache` can be used with it)."""
+    config = getattr(model, "config", None)
+    return getattr(config, "_attn_implementation", None) == NAME and (
+        next(model.parameters()).device.type == "cpu"
+    )

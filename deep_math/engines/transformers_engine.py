@@ -7,10 +7,13 @@ How a batch is generated
   caller's futures. Errors become `EngineError` on every affected request, never fake text.
 - Sampling is done per row by our own logits processor (`RowSampler`) while `generate` itself runs
   greedy: the processor applies each row's temperature, top-k and top-p, draws the row's token
-  with `torch.multinomial` from the row's own `torch.Generator`, and hands `generate` a score row
-  whose argmax is that token. So requests with different sampling params share one batch, and a
+  by inverse CDF from one uniform of the row's own `torch.Generator`, and hands `generate` a
+  score row whose argmax is that token. So requests with different sampling params share one batch, and a
   request with a `seed` gets the same random stream whatever else is in its batch (outputs match
   up to the float differences padding can cause). Temperature 0 rows take the argmax.
+- Shared prompt prefixes (system prompt + few-shot examples) are prefilled once (`PrefixCache`);
+  on CPU a batch then attends to ONE copy of the prefix (`shared_prefix.SharedPrefixCache`,
+  cascade attention) instead of a copy per row. Batches run in chunks and finished rows leave.
 - Stop strings and max_tokens are per row too (`RowStops` stops a row early to save compute;
   finished rows are padded by `generate`). The authoritative cut is done afterwards by
   `deep_math.engines.stops.cut_generation` on the generated ids: first stop string at token
@@ -33,10 +36,12 @@ from typing import Any, Literal
 import torch
 from transformers import LogitsProcessor, StoppingCriteria
 
+from deep_math.engines import shared_prefix
 from deep_math.engines.attention import NAME as ATTENTION_NAME
-from deep_math.engines.attention import use_gqa_sdpa
+from deep_math.engines.attention import use_gqa_sdpa, uses_gqa_sdpa
 from deep_math.engines.base import GenRequest, GenResult, SamplingParams
 from deep_math.engines.batching import BatchStats, MicroBatcher
+from deep_math.engines.shared_prefix import SharedPrefixCache
 from deep_math.engines.stops import cut_generation, decode, result_text
 from deep_math.models import load_model, load_tokenizer, resolve_device
 
@@ -81,28 +86,66 @@ class RowSampler(LogitsProcessor):
         full = torch.tensor([k == vocab for k in ks], device=scores.device).unsqueeze(1)
         return scores.masked_fill((scores < threshold) & ~full, float("-inf"))
 
+    # Candidate set sizes tried before a full sort of the vocabulary: the nucleus of a trained
+    # model is usually a handful of tokens, and sorting 49k scores per row per step cost more
+    # than the model's forward pass at batch 16 on CPU.
+    TOP_P_CANDIDATES = (64, 1024)
+
     def _mask_top_p(self, scores: torch.Tensor) -> torch.Tensor:
-        if bool((self.top_p >= 1).all()):
+        """Keep the smallest set of top tokens whose mass reaches top_p: a token is dropped once
+        the mass of the tokens ranked before it already does (the top token is always kept;
+        rows with top_p == 1 keep everything)."""
+        use = self.top_p < 1
+        if not bool(use.any()):
             return scores
-        sorted_scores, order = scores.sort(dim=-1, descending=True)
-        probs = sorted_scores.softmax(dim=-1)
-        mass_before = probs.cumsum(dim=-1) - probs
-        # Keep the smallest prefix whose mass reaches top_p: drop a token once the mass before it
-        # already does. The top token is always kept; rows with top_p == 1 keep everything.
-        drop_sorted = (mass_before >= self.top_p.unsqueeze(1)) & (self.top_p < 1).unsqueeze(1)
-        drop_sorted[:, 0] = False
-        drop = torch.zeros_like(drop_sorted).scatter(1, order, drop_sorted)
-        return scores.masked_fill(drop, float("-inf"))
+        vocab = scores.shape[-1]
+        log_total = scores.logsumexp(dim=-1, keepdim=True)
+        for k in (*[c for c in self.TOP_P_CANDIDATES if c < vocab], vocab):
+            top, index = scores.topk(k, dim=-1)  # sorted descending
+            probs = (top - log_total).exp()
+            cumulative = probs.cumsum(dim=-1)
+            # Exact when the k candidates already hold top_p of the mass (every token outside
+            # them is dropped); otherwise try a larger set, the last one the whole vocabulary.
+            if k == vocab or bool(((cumulative[:, -1] >= self.top_p) | ~use).all()):
+                drop = ((cumulative - probs) >= self.top_p.unsqueeze(1)) & use.unsqueeze(1)
+                drop[:, 0] = False
+                keep = torch.zeros_like(scores, dtype=torch.bool).scatter_(1, index, ~drop)
+                return scores.masked_fill(~(keep | ~use.unsqueeze(1)), float("-inf"))
+        raise AssertionError("unreachable: the last candidate set is the whole vocabulary")
+
+    def _draw(self, log_probs: torch.Tensor) -> torch.Tensor:
+        """One token per row by inverse CDF: a single uniform from the row's own generator (so
+        a seeded row draws the same stream whatever shares its batch), all rows searched at
+        once over the tokens left with mass (after top-k/top-p usually a handful, so no pass over
+        the vocabulary). Greedy rows take the argmax."""
+        choice = log_probs.argmax(dim=-1)
+        sampled = [
+            row for row, g in enumerate(self.generators) if g is not None and not bool(self.greedy[row])
+        ]
+        if not sampled:
+            return choice
+        index = torch.tensor(sampled, device=log_probs.device)
+        rows = log_probs[index]
+        width = int(torch.isfinite(rows).sum(dim=-1).max())
+        if width < rows.shape[1]:
+            rows, tokens = rows.topk(width, dim=-1)
+        else:
+            tokens = None
+        cdf = rows.double().exp().cumsum(dim=-1)
+        u = torch.cat([torch.rand(1, generator=self.generators[row], dtype=torch.float64) for row in sampled])
+        target = (u.to(cdf.device) * cdf[:, -1]).unsqueeze(1)
+        drawn = torch.searchsorted(cdf, target, right=True).squeeze(1)
+        # Rounding can land past the last token with mass (the first to reach the total).
+        drawn = torch.minimum(drawn, (cdf >= cdf[:, -1:]).int().argmax(dim=-1))
+        choice[index] = drawn if tokens is None else tokens.gather(1, drawn.unsqueeze(1)).squeeze(1)
+        return choice
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         raw = scores.float()
         temperature = torch.where(self.greedy, torch.ones_like(self.temperature), self.temperature)
         processed = self._mask_top_p(self._mask_top_k(raw / temperature.unsqueeze(1)))
         log_probs = torch.log_softmax(processed, dim=-1)
-        choice = processed.argmax(dim=-1)
-        for row, generator in enumerate(self.generators):
-            if not bool(self.greedy[row]):
-                choice[row] = torch.multinomial(log_probs[row].exp(), 1, generator=generator)[0]
+        choice = self._draw(log_probs)
         source = log_probs if self.mode == "processed" else torch.log_softmax(raw, dim=-1)
         self.logprobs.append(source.gather(1, choice.unsqueeze(1)).squeeze(1))
         out = torch.full_like(scores, float("-inf"))
@@ -188,7 +231,9 @@ class PrefixCache:
         return max(cached) if cached else common
 
     def expand(self, prefix: list[int], batch: int):
-        """A fresh DynamicCache holding `prefix`'s KV for `batch` rows (computed if missing)."""
+        """A fresh cache holding `prefix`'s KV for `batch` rows (computed if missing): a
+        `SharedPrefixCache` (one copy of the prefix, cascade attention) when the model runs our
+        CPU attention, else a DynamicCache with the prefix copied into every row."""
         from transformers import DynamicCache
 
         key = tuple(prefix)
@@ -205,6 +250,8 @@ class PrefixCache:
         self._entries[key] = layers  # most recently used last
         while len(self._entries) > self.size:
             self._entries.pop(next(iter(self._entries)))
+        if uses_gqa_sdpa(self.model):
+            return SharedPrefixCache(layers, batch)  # the prefix stays one copy
         data = [
             (k.expand(batch, -1, -1, -1).contiguous(), v.expand(batch, -1, -1, -1).contiguous())
             for k, v in layers
@@ -348,6 +395,7 @@ class TransformersEngine:
         if self._model_given:
             raise RuntimeError("load_lora needs an engine that loaded its own model (model= was passed)")
         model = load_model(self._base_model, dtype=self._dtype, device=str(self.device), lora_path=lora_path)
+        use_gqa_sdpa(model)
         with self._model_lock:
             self.model = model
             self.lora_path = lora_path
@@ -403,6 +451,24 @@ class TransformersEngine:
             attention_mask[i, width - len(suffix) :] = 1
         return input_ids, attention_mask
 
+    def _generate_chunk(self, seq, mask, past, step, sampler, width, act_rows):
+        return self.model.generate(
+            input_ids=seq,
+            attention_mask=mask,
+            past_key_values=past,
+            do_sample=False,
+            max_new_tokens=step,
+            logits_processor=[sampler],
+            stopping_criteria=[RowStops(self.tokenizer, width, act_rows)],
+            eos_token_id=sorted(self._eos_ids),
+            pad_token_id=self._pad_id,
+            return_dict_in_generate=True,
+            # Neutralize sampling knobs a checkpoint's generation_config may carry.
+            temperature=None,
+            top_p=None,
+            top_k=None,
+        )
+
     def _run_batch(self, requests: list[GenRequest]) -> list[GenResult]:
         """One batch, generated in chunks of `chunk_tokens`: after each chunk the rows that are
         done (stop string, EOS, max_tokens) leave the batch and their KV rows are dropped, so a
@@ -431,22 +497,8 @@ class TransformersEngine:
                 sampler = RowSampler(
                     act_rows, [generators[i] for i in active], self.device, self.logprobs_mode
                 )
-                out = self.model.generate(
-                    input_ids=seq,
-                    attention_mask=mask,
-                    past_key_values=past,
-                    do_sample=False,
-                    max_new_tokens=step,
-                    logits_processor=[sampler],
-                    stopping_criteria=[RowStops(self.tokenizer, width, act_rows)],
-                    eos_token_id=sorted(self._eos_ids),
-                    pad_token_id=self._pad_id,
-                    return_dict_in_generate=True,
-                    # Neutralize sampling knobs a checkpoint's generation_config may carry.
-                    temperature=None,
-                    top_p=None,
-                    top_k=None,
-                )
+                with shared_prefix.active(past if isinstance(past, SharedPrefixCache) else None):
+                    out = self._generate_chunk(seq, mask, past, step, sampler, width, act_rows)
                 chunk = out.sequences[:, seq.shape[1] :]
                 chunk_lps = torch.stack(sampler.logprobs, dim=1).tolist() if sampler.logprobs else []
                 keep = []
