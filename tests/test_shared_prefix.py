@@ -228,3 +228,42 @@ def test_draws_follow_the_distribution_and_a_seed_is_independent_of_the_batch(to
     want = probs if top_p == 1.0 else torch.tensor([0.0, 0.0, 0.5, 0.25, 0.0, 0.2]) / 0.95
     assert counts[1] == counts[4] == 0
     assert (counts / 4000 - want).abs().max() < 0.03
+
+
+def test_policy_rollouts_never_reuse_a_prefix_computed_with_old_weights():
+    """Local GRPO rollouts cache the shared prompt prefix; after an optimizer step changed the
+    weights in place, the next rollout must match an engine with no cache at all."""
+    from types import SimpleNamespace
+
+    from deep_math.agent.config import AgentConfig
+    from deep_math.engines.base import GenRequest
+    from deep_math.engines.transformers_engine import TransformersEngine
+    from deep_math.models import load_model, load_tokenizer
+    from deep_math.training.sources import PolicyTraceSource
+
+    tok, model = load_tokenizer(None), load_model(None).eval()
+    system = tok.encode("Use Python for every computation and box the final answer. " * 8)
+    prompts = [system + tok.encode(f" Problem: compute {k} squared.") for k in range(3)]
+    sampling = [SamplingParams(temperature=0, max_tokens=6) for _ in prompts]
+    trainer = SimpleNamespace(model=model, accelerator=SimpleNamespace(unwrap_model=lambda m: m))
+    source = PolicyTraceSource(AgentConfig(max_steps=1, max_agent_output=6), tok, batch_wait_ms=300)
+
+    def uncached() -> list[list[int]]:
+        with TransformersEngine(tokenizer=tok, model=model, prefix_cache=False) as plain:
+            return [
+                r.token_ids
+                for r in plain.generate([GenRequest(p, s) for p, s in zip(prompts, sampling, strict=True)])
+            ]
+
+    try:
+        first = [t.completion_ids for t in source.generate(prompts, sampling, trainer)]
+        assert first == uncached()
+        assert source.engine._prefix.misses == 1  # the shared prefix was cached
+        with torch.no_grad():  # "an optimizer step"
+            for layer in model.model.layers:
+                layer.mlp.down_proj.weight.mul_(1.5)
+        second = [t.completion_ids for t in source.generate(prompts, sampling, trainer)]
+        assert second == uncached() and second != first
+        assert source.engine._prefix.misses == 2
+    finally:
+        source.close()

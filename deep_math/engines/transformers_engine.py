@@ -270,7 +270,8 @@ class TransformersEngine:
     max_batch_size/batch_wait_ms: micro-batching limits (see module docstring).
     logprobs_mode: "processed" (default) or "raw" (see module docstring).
     prefix_cache: reuse the KV of prompt prefixes shared across calls (see PrefixCache); default
-    on for a model the engine loaded, off for a passed-in one (its weights may change under us).
+    on for a model the engine loaded, off for a passed-in one (its weights may change under us:
+    whoever turns it on for one calls `clear_prefix_cache` after each weight change).
     chunk_tokens: generate a multi-row batch this many tokens at a time and drop finished rows in
     between (0: one generate call per batch).
     """
@@ -383,6 +384,13 @@ class TransformersEngine:
         with self._model_lock, torch.no_grad():
             for target, tensor in resolved:
                 target.copy_(tensor.to(device=target.device, dtype=target.dtype))
+            if self._prefix is not None:
+                self._prefix.clear()
+
+    def clear_prefix_cache(self) -> None:
+        """Forget every cached prompt prefix (call after changing the model's weights in place
+        by other means than `update_weights`, which clears it itself). Waits for a batch in flight."""
+        with self._model_lock:
             if self._prefix is not None:
                 self._prefix.clear()
 

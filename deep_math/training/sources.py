@@ -4,7 +4,9 @@
   (the peft model on this rank). Rollouts therefore always use the CURRENT policy (the LoRA
   weights of the last optimizer step) with no weight copy. The model is switched to eval mode
   (no LoRA dropout) while the traces run and back to train mode after; the engine generates
-  under `torch.inference_mode` in its worker thread.
+  under `torch.inference_mode` in its worker thread. The engine's shared-prefix KV cache (system
+  prompt + few-shot examples computed once per batch) is emptied at the start of every rollout:
+  the weights only change between rollouts, so within one it is exact.
 - `ServerTraceSource`: a `deep_math.vllm_serve_agent` server runs the agent next to its engine.
   Before the first rollout of each optimizer step the main process pushes the policy weights
   (LoRA merged into the base weights) through `AgentVLLMClient.push_weights` (NCCL on CUDA
@@ -46,7 +48,8 @@ class PolicyTraceSource:
     """Local rollouts with the trainer's current policy (see the module docstring).
 
     The engine and the runner (with its sandbox) are built on the first call, when the trainer
-    and its model exist. engine_kwargs go to `TransformersEngine` (max_batch_size, batch_wait_ms)."""
+    and its model exist. engine_kwargs go to `TransformersEngine` (max_batch_size, batch_wait_ms,
+    prefix_cache: default on, refreshed every rollout)."""
 
     def __init__(self, agent: AgentConfig, tokenizer: Any, sandbox: Any = None, **engine_kwargs: Any):
         self.agent = agent
@@ -64,7 +67,8 @@ class PolicyTraceSource:
         from deep_math.agent.runner import AgentRunner
         from deep_math.engines.transformers_engine import TransformersEngine
 
-        self.engine = TransformersEngine(model=model, tokenizer=self.tokenizer, **self.engine_kwargs)
+        kwargs = {"prefix_cache": True, **self.engine_kwargs}
+        self.engine = TransformersEngine(model=model, tokenizer=self.tokenizer, **kwargs)
         self.runner = AgentRunner(self.engine, self.agent, sandbox=self.sandbox)
         self._model = model
 
@@ -74,6 +78,7 @@ class PolicyTraceSource:
         model = trainer.accelerator.unwrap_model(trainer.model)
         was_training = model.training
         self._ensure(model)
+        self.engine.clear_prefix_cache()  # computed with the previous step's weights
         model.eval()
         try:
             return self.runner.run(prompt_ids, sampling)
