@@ -70,6 +70,7 @@ class TimedSandbox:
 def run_mode(engine, sandbox, prompts, params, concurrency, max_agent_output):
     clock = BusyClock()
     timed = TimedEngine(engine, clock)
+    batches_before = len(engine.stats.batch_sizes)
     cfg = AgentConfig(max_steps=4, max_agent_output=max_agent_output, max_concurrency=concurrency)
     runner = AgentRunner(timed, cfg, sandbox=TimedSandbox(sandbox, clock))
     start = time.perf_counter()
@@ -83,6 +84,7 @@ def run_mode(engine, sandbox, prompts, params, concurrency, max_agent_output):
         "completion_tokens": sum(len(t.completion_ids) for t in traces),
         "outside": 1 - clock.busy / wall,
         "errors": sum(t.finish_reason == "error" for t in traces),
+        "batch_sizes": engine.stats.batch_sizes[batches_before:],
     }
 
 
@@ -126,6 +128,10 @@ def main() -> None:
             f"{name:<22}{r['wall']:>9.1f}{r['traces_s']:>10.3f}{r['tokens_s']:>10.1f}"
             f"{r['completion_tokens']:>8}{r['tool_calls']:>11}{r['outside']:>23.1%}"
         )
+    sizes = many["batch_sizes"]
+    print(
+        f"concurrent runner: {len(sizes)} engine batches, sizes incl. requests that joined mid-batch: {sizes}"
+    )
     print(
         f"speedup (traces/s, concurrent / one at a time): {many['traces_s'] / one['traces_s']:.2f}x (target >= 3x)"
     )

@@ -115,6 +115,49 @@ def test_micro_batcher_respects_max_batch_size_and_errors():
     failing.close()
 
 
+def test_micro_batcher_join_admits_accepted_requests_and_keeps_the_rest_in_order():
+    """A running batch takes queued requests its `accept` admits; the others wait, in order, for
+    the next batch; a rejected one fails alone."""
+    started, release = threading.Event(), threading.Event()
+    batches: list[list[int]] = []
+
+    def run(requests, join):
+        if not batches:
+            started.set()
+            release.wait(5)
+            requests = requests + join(2, lambda r: r.prompt_ids[0] % 2 == 0)
+        batches.append([r.prompt_ids[0] for r in requests])
+        return _echo(requests)
+
+    batcher = MicroBatcher(
+        run, wait_s=0, joinable=True, reject=lambda r: "bad" if r.prompt_ids[0] == 99 else None
+    )
+    results: dict[int, object] = {}
+
+    def call(i: int) -> None:
+        try:
+            results[i] = batcher.submit([GenRequest([i], SamplingParams())])[0].token_ids
+        except EngineError as exc:
+            results[i] = str(exc)
+
+    first = threading.Thread(target=call, args=(0,))
+    first.start()
+    assert started.wait(5)
+    others = []
+    for i in (1, 99, 2, 3, 4, 6):  # queued while batch [0] runs
+        others.append(threading.Thread(target=call, args=(i,)))
+        others[-1].start()
+        time.sleep(0.02)
+    release.set()
+    for t in [first, *others]:
+        t.join()
+    batcher.close()
+    assert batches[0] == [0, 2, 4]  # joined: the first two even ones, in arrival order
+    assert [i for b in batches[1:] for i in b] == [1, 3, 6]  # the rest kept their order
+    assert results[99] == "bad" and all(results[i] == [i] for i in (0, 1, 2, 3, 4, 6))
+    assert batcher.stats.batch_sizes[0] == 3
+
+
 # ---- the real model -------------------------------------------------------------------------------
 
 
@@ -333,3 +376,49 @@ def test_chunked_batches_drop_finished_rows_without_changing_samples():
     for a, b in zip(chunked, whole, strict=True):
         assert len(a.logprobs) == len(a.token_ids)
         assert max((abs(x - y) for x, y in zip(a.logprobs, b.logprobs, strict=True)), default=0) < 1e-3
+
+
+@pytest.mark.parametrize("warm", [True, False])
+def test_requests_arriving_mid_batch_join_it_and_get_the_same_tokens(warm):
+    """Prompts sharing the system prefix join a running batch between chunks (continuous
+    batching); what each row samples must not depend on when it joined. warm: the shared prefix
+    is cached; cold: the running batch's prefix is its one prompt, shortened to the shared part
+    when the others join."""
+    from deep_math.models import load_model, load_tokenizer
+
+    tok, model = load_tokenizer(None), load_model(None).eval()
+    system = tok.encode("Answer with one short Python snippet, then box the result. " * 8)
+    prompt = [system + tok.encode(f" Question {k}: what is {k} cubed?") for k in range(4)]
+    long = SamplingParams(temperature=0.9, top_p=0.9, max_tokens=48, seed=1)
+    short = [SamplingParams(temperature=0.9, top_p=0.9, max_tokens=10, seed=s) for s in (2, 3)]
+    with TransformersEngine(tokenizer=tok, model=model, prefix_cache=False) as plain:
+        want = [
+            plain.generate([GenRequest(p, s)])[0] for p, s in zip(prompt[1:], [long, *short], strict=True)
+        ]
+    engine = TransformersEngine(
+        tokenizer=tok, model=model, prefix_cache=True, chunk_tokens=4, batch_wait_ms=0
+    )
+    if warm:
+        engine.generate([GenRequest(p, greedy(1)) for p in prompt[:2]])  # caches the shared prefix
+    got: dict[int, GenResult] = {}
+    first = threading.Thread(
+        target=lambda: got.update({0: engine.generate([GenRequest(prompt[1], long)])[0]})
+    )
+    first.start()
+    time.sleep(0.5)  # the first batch is decoding its 48 tokens now
+    late = [
+        threading.Thread(
+            target=lambda k=k: got.update({k: engine.generate([GenRequest(prompt[k + 1], short[k - 1])])[0]})
+        )
+        for k in (1, 2)
+    ]
+    for t in late:
+        t.start()
+    for t in [first, *late]:
+        t.join()
+    engine.close()
+    assert engine.stats.batch_sizes[-1:] == [3], "the late requests did not join the running batch"
+    assert len(engine.stats.batch_sizes) == (2 if warm else 1)
+    for k in range(3):
+        assert got[k].token_ids == want[k].token_ids
+        assert max(abs(a - b) for a, b in zip(got[k].logprobs, want[k].logprobs, strict=True)) < 1e-3

@@ -267,3 +267,33 @@ def test_policy_rollouts_never_reuse_a_prefix_computed_with_old_weights():
         assert source.engine._prefix.misses == 2
     finally:
         source.close()
+
+
+def test_appending_rows_right_aligns_both_sides_behind_zero_padding():
+    prefix = torch.zeros(1, 1, 3, 2)
+    a, b = SharedPrefixCache([(prefix, prefix)], 2), SharedPrefixCache([(prefix, prefix)], 1)
+    a.layers[0].update(torch.ones(2, 1, 2, 2), torch.ones(2, 1, 2, 2))
+    b.layers[0].update(torch.full((1, 1, 5, 2), 7.0), torch.full((1, 1, 5, 2), 7.0))
+    a.append_rows(b)
+    keys = a.layers[0].keys
+    assert keys.shape == (3, 1, 5, 2) and a.get_seq_length() == 3 + 5
+    assert torch.equal(keys[:2, :, :3], torch.zeros(2, 1, 3, 2))  # padding in front of the short rows
+    assert torch.equal(keys[:2, :, 3:], torch.ones(2, 1, 2, 2))
+    assert torch.equal(keys[2], torch.full((1, 5, 2), 7.0))
+    a.layers[0].update(torch.full((3, 1, 1, 2), 4.0), torch.zeros(3, 1, 1, 2))  # room to grow
+    assert torch.equal(a.layers[0].keys[:, :, -1], torch.full((3, 1, 2), 4.0))
+    other = SharedPrefixCache([(prefix.clone(), prefix.clone())], 1)
+    with pytest.raises(ValueError, match="do not share one prefix"):
+        a.append_rows(other)
+
+
+def test_shortening_the_prefix_moves_its_tail_into_every_row():
+    prefix_k = torch.arange(6.0).view(1, 1, 6, 1)
+    cache = SharedPrefixCache([(prefix_k, -prefix_k)], 2)
+    cache.layers[0].update(torch.full((2, 1, 2, 1), 9.0), torch.full((2, 1, 2, 1), -9.0))
+    cache.shorten_prefix(4)
+    layer = cache.layers[0]
+    assert cache.prefix_length == 4 and cache.get_seq_length() == 8 and layer.length == 4
+    assert layer.keys[:, 0, :, 0].tolist() == [[4.0, 5.0, 9.0, 9.0]] * 2
+    assert layer.values[:, 0, :, 0].tolist() == [[-4.0, -5.0, -9.0, -9.0]] * 2
+    assert layer.prefix_keys[0, 0, :, 0].tolist() == [0.0, 1.0, 2.0, 3.0]

@@ -5,8 +5,12 @@ Used by engines whose backend is not thread-safe or gains from batching (transfo
 after the first queued request for more, takes at most `max_batch_size`, calls
 `run_batch(requests)` once and resolves the futures in order.
 
-Limits: a batch runs to completion before the next starts, so a request that arrives during a
-long batch waits for it (no continuous batching).
+Joining: a `run_batch` that accepts a second argument (`joinable=True`) gets a `join(limit,
+accept)` callback. Called between decoding chunks, it takes up to `limit` queued requests that
+`accept(request)` admits into the running batch (their results are returned after the batch's
+own, in join order); the others stay queued, in order, for the next batch (and `has_queued`
+stays False until something new arrives, so a batch is not interrupted for them again). Without
+it a request that arrives during a long batch waits for the whole batch.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import logging
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -45,18 +50,21 @@ class BatchStats:
 
 
 class MicroBatcher:
-    """run_batch: `(requests) -> results` (same length, same order); any exception it raises
-    fails every request of that batch with EngineError (the original as `__cause__`).
-    reject: optional `(request) -> error message | None`, checked before batching, so one bad
-    request fails alone instead of failing its whole batch."""
+    """run_batch: `(requests) -> results` (same length, same order), or with `joinable=True`
+    `(requests, join) -> results` for the requests plus those it joined (see the module
+    docstring); any exception it raises fails every request of that batch with EngineError (the
+    original as `__cause__`). reject: optional `(request) -> error message | None`, checked
+    before batching (and before joining), so one bad request fails alone instead of failing its
+    whole batch."""
 
     def __init__(
         self,
-        run_batch: Callable[[list[GenRequest]], list[GenResult]],
+        run_batch: Callable[..., list[GenResult]],
         max_batch_size: int = 32,
         wait_s: float = 0.005,
         name: str = "engine",
         reject: Callable[[GenRequest], str | None] | None = None,
+        joinable: bool = False,
     ):
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
@@ -65,8 +73,11 @@ class MicroBatcher:
         self.wait_s = wait_s
         self.name = name
         self.reject = reject
+        self.joinable = joinable
         self.stats = BatchStats()
         self._queue: queue.Queue[Any] = queue.Queue()  # _Pending or _SHUTDOWN
+        # Taken off the queue by a join that did not admit them: served first (worker-only).
+        self._held: deque[Any] = deque()
         self._closed = False
         self._worker = threading.Thread(target=self._loop, name=f"{name}-batcher", daemon=True)
         self._worker.start()
@@ -80,6 +91,10 @@ class MicroBatcher:
             self._queue.put(p)
         return [p.future.result() for p in pending]
 
+    def has_queued(self) -> bool:
+        """True if requests arrived that no batch or join has looked at yet."""
+        return not self._queue.empty()
+
     def close(self) -> None:
         """Finish the batch in flight, stop the worker; queued requests fail. Idempotent."""
         if self._closed:
@@ -89,15 +104,23 @@ class MicroBatcher:
         self._worker.join()
         while True:
             try:
-                item = self._queue.get_nowait()
+                item = self._held.popleft() if self._held else self._queue.get_nowait()
             except queue.Empty:
                 break
             if isinstance(item, _Pending):
                 item.future.set_exception(EngineError(f"{self.name} engine was closed"))
 
+    def _get(self, timeout: float | None) -> Any:
+        """Next item, held-back ones first. timeout None: block; <= 0: raise queue.Empty now."""
+        if self._held:
+            return self._held.popleft()
+        if timeout is None:
+            return self._queue.get()
+        return self._queue.get(timeout=timeout) if timeout > 0 else self._queue.get_nowait()
+
     def _loop(self) -> None:
         while True:
-            first = self._queue.get()
+            first = self._get(None)
             if first is _SHUTDOWN:
                 return
             batch, shutdown = self._collect(first)
@@ -111,7 +134,7 @@ class MicroBatcher:
         while len(batch) < self.max_batch_size:
             remaining = deadline - time.monotonic()
             try:
-                item = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
+                item = self._get(remaining)
             except queue.Empty:
                 break
             if item is _SHUTDOWN:
@@ -130,8 +153,12 @@ class MicroBatcher:
         if not runnable:
             return
         start = time.perf_counter()
+        requests = [p.request for p in runnable]
         try:
-            results = self.run_batch([p.request for p in runnable])
+            if self.joinable:
+                results = self.run_batch(requests, lambda limit, accept: self._join(runnable, limit, accept))
+            else:
+                results = self.run_batch(requests)
             if len(results) != len(runnable):
                 raise RuntimeError(f"run_batch returned {len(results)} results for {len(runnable)} requests")
         except Exception as exc:  # fail exactly this batch's requests; the worker keeps serving
@@ -149,3 +176,28 @@ class MicroBatcher:
         self.stats.requests += len(results)
         self.stats.generated_tokens += sum(len(r.token_ids) for r in results)
         self.stats.batch_sizes.append(len(results))
+
+    def _join(
+        self, runnable: list[_Pending], limit: int, accept: Callable[[GenRequest], bool]
+    ) -> list[GenRequest]:
+        """Move up to `limit` queued requests that `accept` admits into the running batch."""
+        taken: list[GenRequest] = []
+        skipped: list[Any] = []
+        while len(taken) < limit:
+            try:
+                item = self._get(0)
+            except queue.Empty:
+                break
+            if item is _SHUTDOWN:
+                skipped.append(item)
+                break
+            problem = self.reject(item.request) if self.reject else None
+            if problem:
+                item.future.set_exception(EngineError(problem))
+            elif accept(item.request):
+                runnable.append(item)
+                taken.append(item.request)
+            else:
+                skipped.append(item)
+        self._held.extendleft(reversed(skipped))
+        return taken

@@ -97,6 +97,45 @@ class SharedPrefixLayer(CacheLayerMixin):
             self._k, self._v = self._k[indices], self._v[indices]
         self._views()
 
+    def shorten_prefix(self, n: int) -> None:
+        """Share only the first `n` prefix tokens; the rest become every row's own first tokens
+        (copied per row, ahead of the rows' tokens)."""
+        moved = self.prefix_keys.shape[2] - n
+        if moved <= 0:
+            return
+        like = self.prefix_keys
+        shape = (
+            self.batch,
+            like.shape[1],
+            max(moved + self.length + 64, 2 * (moved + self.length)),
+            like.shape[3],
+        )
+        k, v = like.new_empty(shape), like.new_empty(shape)
+        k[:, :, :moved] = self.prefix_keys[:, :, n:]
+        v[:, :, :moved] = self.prefix_values[:, :, n:]
+        if self.length:
+            k[:, :, moved : moved + self.length] = self.keys
+            v[:, :, moved : moved + self.length] = self.values
+        self.prefix_keys, self.prefix_values = self.prefix_keys[:, :, :n], self.prefix_values[:, :, :n]
+        self._k, self._v, self.length = k, v, self.length + moved
+        self._views()
+
+    def append_rows(self, other: SharedPrefixLayer) -> None:
+        """Add `other`'s rows (same prefix) after ours. The shorter side's own tokens are
+        right-aligned behind zero columns, so both sides must mask those columns (the engine
+        inserts matching padding into its attention mask)."""
+        length = max(self.length, other.length)
+        batch = self.batch + other.batch
+        like = self.prefix_keys
+        shape = (batch, like.shape[1], max(length + 64, 2 * length), like.shape[3])
+        k, v = like.new_zeros(shape), like.new_zeros(shape)
+        for rows, layer in ((slice(0, self.batch), self), (slice(self.batch, batch), other)):
+            if layer.length:
+                k[rows, :, length - layer.length : length] = layer.keys
+                v[rows, :, length - layer.length : length] = layer.values
+        self._k, self._v, self.length, self.batch = k, v, length, batch
+        self._views()
+
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         self.batch_select_indices(beam_idx)
 
@@ -115,6 +154,23 @@ class SharedPrefixCache(DynamicCache):
     @property
     def prefix_length(self) -> int:
         return self.layers[0].prefix_keys.shape[2]
+
+    @property
+    def suffix_length(self) -> int:
+        return self.layers[0].length
+
+    def shorten_prefix(self, n: int) -> None:
+        """Share only the first `n` prefix tokens from now on (see SharedPrefixLayer)."""
+        for layer in self.layers:
+            layer.shorten_prefix(n)
+
+    def append_rows(self, other: SharedPrefixCache) -> None:
+        """Add the rows of `other`, a cache over the very same prefix tensors (see
+        `SharedPrefixLayer.append_rows` for the alignment)."""
+        if any(a.prefix_keys is not b.prefix_keys for a, b in zip(self.layers, other.layers, strict=True)):
+            raise ValueError("append_rows: the caches do not share one prefix")
+        for a, b in zip(self.layers, other.layers, strict=True):
+            a.append_rows(b)
 
 
 @contextlib.contextmanager

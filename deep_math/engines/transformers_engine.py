@@ -30,7 +30,7 @@ from __future__ import annotations
 import logging
 import secrets
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import torch
@@ -154,11 +154,24 @@ class RowSampler(LogitsProcessor):
 
 class RowStops(StoppingCriteria):
     """Marks a row finished once it reached its max_tokens or its new text contains one of its
-    stop strings. Only saves compute: the exact cut is made afterwards from the ids."""
+    stop strings. Only saves compute: the exact cut is made afterwards from the ids.
+    start: the sequence length when this generate call began; done: per row, tokens the row had
+    generated before it (rows of one batch may have started at different chunks). interrupt:
+    when it returns True every row stops after the current token (the chunk ends early so that
+    newly queued requests can join the batch); the caller resumes the unfinished rows."""
 
-    def __init__(self, tokenizer, prompt_len: int, rows: Sequence[SamplingParams]):
+    def __init__(
+        self,
+        tokenizer,
+        start: int,
+        rows: Sequence[SamplingParams],
+        done: Sequence[int] | None = None,
+        interrupt: Callable[[], bool] | None = None,
+    ):
         self.tokenizer = tokenizer
-        self.prompt_len = prompt_len
+        self.interrupt = interrupt
+        self.start = start
+        self.done = list(done) if done is not None else [0] * len(rows)
         self.stops = [[s for s in r.stop if s] for r in rows]
         self.max_tokens = [r.max_tokens for r in rows]
         # A character takes at most 4 byte-level tokens; decode a tail long enough to hold any
@@ -168,16 +181,34 @@ class RowStops(StoppingCriteria):
     def __call__(
         self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any
     ) -> torch.BoolTensor:
-        n_new = input_ids.shape[1] - self.prompt_len
-        done = []
+        length = input_ids.shape[1]
+        if self.interrupt is not None and self.interrupt():
+            return torch.ones(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        finished = []
         for row, stops in enumerate(self.stops):
-            finished = n_new >= self.max_tokens[row]
-            if not finished and stops:
-                start = max(self.prompt_len, input_ids.shape[1] - self.tail[row])
-                text = decode(self.tokenizer, input_ids[row, start:].tolist())
-                finished = any(s in text for s in stops)
-            done.append(finished)
-        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+            n_new = self.done[row] + length - self.start
+            stop = n_new >= self.max_tokens[row]
+            if not stop and stops:
+                first_new = length - n_new
+                text = decode(
+                    self.tokenizer, input_ids[row, max(first_new, length - self.tail[row]) :].tolist()
+                )
+                stop = any(s in text for s in stops)
+            finished.append(stop)
+        return torch.tensor(finished, dtype=torch.bool, device=input_ids.device)
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int], limit: int) -> int:
+    """Length of the common prefix of a and b, at most `limit`."""
+    n = min(len(a), len(b), limit)
+    if n <= 0:
+        return 0
+    if a[:n] == b[:n]:
+        return n
+    k = 0
+    while a[k] == b[k]:
+        k += 1
+    return k
 
 
 class PrefixCache:
@@ -338,6 +369,7 @@ class TransformersEngine:
             batch_wait_ms / 1000.0,
             name=self.name,
             reject=self._reject_reason,
+            joinable=True,
         )
 
     def _collect_eos_ids(self) -> frozenset[int]:
@@ -459,7 +491,7 @@ class TransformersEngine:
             attention_mask[i, width - len(suffix) :] = 1
         return input_ids, attention_mask
 
-    def _generate_chunk(self, seq, mask, past, step, sampler, width, act_rows):
+    def _generate_chunk(self, seq, mask, past, step, sampler, stops):
         return self.model.generate(
             input_ids=seq,
             attention_mask=mask,
@@ -467,7 +499,7 @@ class TransformersEngine:
             do_sample=False,
             max_new_tokens=step,
             logits_processor=[sampler],
-            stopping_criteria=[RowStops(self.tokenizer, width, act_rows)],
+            stopping_criteria=[stops],
             eos_token_id=sorted(self._eos_ids),
             pad_token_id=self._pad_id,
             return_dict_in_generate=True,
@@ -477,11 +509,45 @@ class TransformersEngine:
             top_k=None,
         )
 
-    def _run_batch(self, requests: list[GenRequest]) -> list[GenResult]:
+    def _join_rows(self, seq, mask, past, extra: list[GenRequest], prefix_len: int):
+        """Prefill `extra` (prompts starting with the batch's shared prefix) and append them to
+        the running batch: their own tokens are computed now except the last, which the next
+        chunk feeds like every other row's newest token. Both sides get padding columns right
+        after the prefix so all rows end at the same column."""
+        ids, extra_mask = (t.to(self.device) for t in self._pack(extra, prefix_len))
+        cache = SharedPrefixCache([(x.prefix_keys, x.prefix_values) for x in past.layers], len(extra))
+        if ids.shape[1] - prefix_len > 1:
+            block_mask = extra_mask[:, :-1]
+            positions = (block_mask.cumsum(-1) - 1).clamp(min=0)[:, prefix_len:]
+            with shared_prefix.active(cache):
+                self.model(
+                    input_ids=ids[:, prefix_len:-1],
+                    attention_mask=block_mask,
+                    position_ids=positions,
+                    past_key_values=cache,
+                    use_cache=True,
+                    logits_to_keep=1,
+                )
+        width = max(seq.shape[1], ids.shape[1])
+
+        def widen(x: torch.Tensor, fill: int) -> torch.Tensor:
+            pad = x.new_full((x.shape[0], width - x.shape[1]), fill)
+            return torch.cat([x[:, :prefix_len], pad, x[:, prefix_len:]], dim=1)
+
+        past.append_rows(cache)
+        seq = torch.cat([widen(seq, self._pad_id), widen(ids, self._pad_id)])
+        mask = torch.cat([widen(mask, 0), widen(extra_mask, 0)])
+        return seq, mask
+
+    def _run_batch(self, requests: list[GenRequest], join=None) -> list[GenResult]:
         """One batch, generated in chunks of `chunk_tokens`: after each chunk the rows that are
         done (stop string, EOS, max_tokens) leave the batch and their KV rows are dropped, so a
         batch whose rows finish at very different lengths stops paying for the finished ones.
-        Each row keeps its own random generator across chunks, so chunking changes no sample."""
+        Each row keeps its own random generator across chunks, so chunking changes no sample.
+        When the batch attends to one shared prefix (`SharedPrefixCache`), requests queued
+        meanwhile whose prompts start with that prefix join it between chunks (`join`, from the
+        micro-batcher); their results follow the batch's own."""
+        requests = list(requests)
         rows = [r.sampling for r in requests]
         generators = self._generators(rows)
         new_ids: list[list[int]] = [[] for _ in requests]
@@ -489,25 +555,44 @@ class TransformersEngine:
         with self._model_lock, torch.inference_mode():
             prefix_len = self._prefix.usable_length(requests) if self._prefix is not None else 0
             seq, mask = (t.to(self.device) for t in self._pack(requests, prefix_len))
-            width = seq.shape[1]
             past = (
                 self._prefix.expand(requests[0].prompt_ids[:prefix_len], len(requests))
                 if prefix_len
                 else None
             )
+            shared = isinstance(past, SharedPrefixCache)
+            joinable = shared and join is not None and self.chunk_tokens > 0
+            prefix = requests[0].prompt_ids[:prefix_len]
+            shares: dict[int, int] = {}  # id(request) -> prefix tokens it can share
+
+            def accept(r: GenRequest) -> bool:
+                """Join if the prompt shares >= MIN_TOKENS of the batch's prefix (the batch's
+                prefix is shortened to what all rows share)."""
+                n = _common_prefix(r.prompt_ids, prefix, len(r.prompt_ids) - 1)
+                shares[id(r)] = n
+                return n >= PrefixCache.MIN_TOKENS
+
             active = list(range(len(requests)))
             while active:
                 act_rows = [rows[i] for i in active]
                 budget = max(rows[i].max_tokens - len(new_ids[i]) for i in active)
-                step = (
-                    budget if self.chunk_tokens <= 0 or len(active) == 1 else min(budget, self.chunk_tokens)
-                )
+                chunked = self.chunk_tokens > 0 and (len(active) > 1 or joinable)
+                step = min(budget, self.chunk_tokens) if chunked else budget
                 sampler = RowSampler(
                     act_rows, [generators[i] for i in active], self.device, self.logprobs_mode
                 )
-                with shared_prefix.active(past if isinstance(past, SharedPrefixCache) else None):
-                    out = self._generate_chunk(seq, mask, past, step, sampler, width, act_rows)
-                chunk = out.sequences[:, seq.shape[1] :]
+                start = seq.shape[1]
+                room = joinable and len(active) < self._batcher.max_batch_size
+                stops = RowStops(
+                    self.tokenizer,
+                    start,
+                    act_rows,
+                    [len(new_ids[i]) for i in active],
+                    interrupt=self._batcher.has_queued if room else None,
+                )
+                with shared_prefix.active(past if shared else None):
+                    out = self._generate_chunk(seq, mask, past, step, sampler, stops)
+                chunk = out.sequences[:, start:]
                 chunk_lps = torch.stack(sampler.logprobs, dim=1).tolist() if sampler.logprobs else []
                 keep = []
                 for j, i in enumerate(active):
@@ -526,6 +611,20 @@ class TransformersEngine:
                 seq = out.sequences[index]
                 mask = torch.cat([mask, torch.ones_like(chunk)], dim=1)[index]
                 active = [active[j] for j in keep]
+                extra = join(self._batcher.max_batch_size - len(active), accept) if joinable else []
+                if extra:
+                    shortest = min(shares[id(r)] for r in extra)
+                    if shortest < prefix_len:
+                        past.shorten_prefix(shortest)
+                        prefix_len, prefix = shortest, prefix[:shortest]
+                    seq, mask = self._join_rows(seq, mask, past, extra, prefix_len)
+                    first = len(requests)
+                    requests += extra
+                    rows += [r.sampling for r in extra]
+                    generators += self._generators([r.sampling for r in extra])
+                    new_ids += [[] for _ in extra]
+                    new_lps += [[] for _ in extra]
+                    active += range(first, len(requests))
         results = []
         for ids, lps, sampling in zip(new_ids, new_lps, rows, strict=True):
             cut = cut_generation(self.tokenizer, ids, sampling.stop, self._eos_ids, sampling.max_tokens)
