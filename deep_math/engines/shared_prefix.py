@@ -61,10 +61,16 @@ class SharedPrefixLayer(CacheLayerMixin):
         else:
             self.keys, self.values = self._k[:, :, : self.length], self._v[:, :, : self.length]
 
-    def _grow(self, need: int, like: torch.Tensor) -> None:
-        capacity = max(need, 2 * (0 if self._k is None else self._k.shape[2]), 64)
-        shape = (like.shape[0], like.shape[1], capacity, like.shape[3])
-        k, v = like.new_empty(shape), like.new_empty(shape)
+    def _buffers(self, batch: int, length: int, zeros: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fresh key/value buffers for `batch` rows with room for `length` tokens and as many
+        again (at least 64 more), so appends stay amortized O(1)."""
+        like = self.prefix_keys
+        shape = (batch, like.shape[1], max(2 * length, length + 64), like.shape[3])
+        new = like.new_zeros if zeros else like.new_empty
+        return new(shape), new(shape)
+
+    def _grow(self, need: int) -> None:
+        k, v = self._buffers(self.batch, need)
         if self._k is not None and self.length:
             k[:, :, : self.length] = self._k[:, :, : self.length]
             v[:, :, : self.length] = self._v[:, :, : self.length]
@@ -75,7 +81,7 @@ class SharedPrefixLayer(CacheLayerMixin):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         n = key_states.shape[2]
         if self._k is None or self.length + n > self._k.shape[2]:
-            self._grow(self.length + n, key_states)
+            self._grow(self.length + n)
         self._k[:, :, self.length : self.length + n] = key_states
         self._v[:, :, self.length : self.length + n] = value_states
         self.length += n
@@ -103,14 +109,7 @@ class SharedPrefixLayer(CacheLayerMixin):
         moved = self.prefix_keys.shape[2] - n
         if moved <= 0:
             return
-        like = self.prefix_keys
-        shape = (
-            self.batch,
-            like.shape[1],
-            max(moved + self.length + 64, 2 * (moved + self.length)),
-            like.shape[3],
-        )
-        k, v = like.new_empty(shape), like.new_empty(shape)
+        k, v = self._buffers(self.batch, moved + self.length)
         k[:, :, :moved] = self.prefix_keys[:, :, n:]
         v[:, :, :moved] = self.prefix_values[:, :, n:]
         if self.length:
@@ -126,9 +125,7 @@ class SharedPrefixLayer(CacheLayerMixin):
         inserts matching padding into its attention mask)."""
         length = max(self.length, other.length)
         batch = self.batch + other.batch
-        like = self.prefix_keys
-        shape = (batch, like.shape[1], max(length + 64, 2 * length), like.shape[3])
-        k, v = like.new_zeros(shape), like.new_zeros(shape)
+        k, v = self._buffers(batch, length, zeros=True)
         for rows, layer in ((slice(0, self.batch), self), (slice(self.batch, batch), other)):
             if layer.length:
                 k[rows, :, length - layer.length : length] = layer.keys
@@ -154,10 +151,6 @@ class SharedPrefixCache(DynamicCache):
     @property
     def prefix_length(self) -> int:
         return self.layers[0].prefix_keys.shape[2]
-
-    @property
-    def suffix_length(self) -> int:
-        return self.layers[0].length
 
     def shorten_prefix(self, n: int) -> None:
         """Share only the first `n` prefix tokens from now on (see SharedPrefixLayer)."""
@@ -192,7 +185,7 @@ def current(module: torch.nn.Module) -> SharedPrefixLayer | None:
     return cache.layers[idx] if idx is not None and idx < len(cache.layers) else None
 
 
-def _bool_mask(mask: torch.Tensor | None, q: int, prefix: int, total: int) -> torch.Tensor | None:
+def _bool_mask(mask: torch.Tensor | None, prefix: int, total: int) -> torch.Tensor | None:
     """The suffix columns of the model's (B, 1, q, P + S) mask, as booleans."""
     if mask is None:
         return None
@@ -225,7 +218,7 @@ def cascade_attention(
     lse_p = lse_p.view(hkv, b, g * q).transpose(0, 1)
 
     # Suffix: the rows' own tokens under the padding/causal mask.
-    visible = _bool_mask(attention_mask, q, p, p + s)
+    visible = _bool_mask(attention_mask, p, p + s)
     if visible is None:
         if q > 1:
             cols = torch.arange(s, device=query.device)

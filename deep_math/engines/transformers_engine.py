@@ -244,10 +244,7 @@ class PrefixCache:
         first = requests[0].prompt_ids
         n = min(len(r.prompt_ids) for r in requests) - 1
         for r in requests[1:]:
-            ids, k = r.prompt_ids, 0
-            while k < n and ids[k] == first[k]:
-                k += 1
-            n = k
+            n = _common_prefix(r.prompt_ids, first, n)
         return n
 
     def usable_length(self, requests: Sequence[GenRequest]) -> int:
