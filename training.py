@@ -23,10 +23,13 @@ def main(raw: DictConfig) -> None:
     except ConfigError as exc:
         raise SystemExit(f"Config error: {exc}") from None
 
+    from accelerate import PartialState
+
     from deep_math.training.builders import run_training
 
     out = run_training(cfg)
-    print(f"Saved the trained model to {out} (load it with: python inference.py model.lora_path={out})")
+    if PartialState().is_main_process:  # once, not once per rank under accelerate launch
+        print(f"Saved the trained model to {out} (load it with: python inference.py model.lora_path={out})")
 
 
 if __name__ == "__main__":

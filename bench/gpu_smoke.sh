@@ -1,57 +1,128 @@
 #!/usr/bin/env bash
-# bash bench/gpu_smoke.sh [output_dir]
+# bash bench/gpu_smoke.sh [--cpu] [--bundle DIR] [output_dir]
 #
-# GPU smoke test of the training entry point: 2 GRPO steps of
+# Smoke test of the training entry point on one GPU: 2 GRPO steps of
 #   accelerate launch --config_file configs/zero2.yaml training.py
-# on one CUDA GPU with a tiny random 2-layer model (embedded tokenizer), LoRA, and local rollouts
-# through the transformers engine (vLLM is not installable on our GPU machines). If DeepSpeed is
-# not importable, falls back to a plain single-GPU accelerate config and says so.
-# Exit status 0 only if training finished and saved a peft adapter.
+# with a tiny random 2-layer model (the embedded tokenizer), LoRA, and local rollouts through the
+# transformers engine (vLLM is not installable on our GPU machines). A reward that varies between
+# random completions (bench/smoke_rewards.py) is added to the paper's two, which are 0 for a random
+# model, so the optimizer step really moves the adapter. Exit status 0 only if training finished,
+# saved checkpoints and an adapter whose LoRA weights moved, and the adapter loads onto the GPU.
+#
+#   --cpu         rehearse the same run on CPU (DeepSpeed's CPU accelerator with gloo when
+#                 DeepSpeed is installed), to check this script on a machine without a GPU
+#   --bundle DIR  an offline bundle made by `bash bench/offline_bundle.sh DIR` on a machine with
+#                 PyPI access: its wheels are installed into output_dir/site (nothing is fetched)
+#                 and its tiny model is used (the embedded model package is not needed)
+# Falls back to a plain single-device accelerate config, and says so, if DeepSpeed is missing.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
-OUT="${1:-/tmp/deep_math_gpu_smoke}"
-PY="${PYTHON:-python}"
+ON_CPU=0
+BUNDLE=""
+OUT=""
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        --cpu) ON_CPU=1; shift ;;
+        --bundle) BUNDLE="${2:?--bundle needs a folder}"; shift 2 ;;
+        -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+        -*) echo "gpu_smoke: unknown option $1 (see --help)" >&2; exit 2 ;;
+        *) OUT="$1"; shift ;;
+    esac
+done
+OUT="${OUT:-/tmp/deep_math_gpu_smoke}"
+PY="${PYTHON:-$(command -v python || command -v python3)}"
+export PYTHONUNBUFFERED=1
+rm -rf "$OUT/run" "$OUT/hydra"
 mkdir -p "$OUT"
+T0=$(date +%s)
+phase() { echo "gpu_smoke: [$(( $(date +%s) - T0 )) s] $*"; }
 
-if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
-    echo "gpu_smoke: no CUDA GPU visible to torch; nothing to test." >&2
-    exit 2
+if [[ -n "$BUNDLE" ]]; then
+    [[ -d "$BUNDLE/wheels" ]] || { echo "gpu_smoke: $BUNDLE/wheels not found; make the bundle with: bash bench/offline_bundle.sh $BUNDLE" >&2; exit 2; }
+    rm -rf "$OUT/site"
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$OUT/site" "$BUNDLE"/wheels/*.whl
+    export PYTHONPATH="$(cd "$OUT/site" && pwd)${PYTHONPATH:+:$PYTHONPATH}"
+    phase "installed $(ls "$BUNDLE"/wheels/*.whl | wc -l) bundled wheels into $OUT/site"
 fi
-"$PY" -c "import torch; print('gpu_smoke: GPU', torch.cuda.get_device_name(0), '| torch', torch.__version__)"
 
-TINY="$OUT/tiny-model"
-"$PY" - "$TINY" <<'PYEOF'
+if [[ "$ON_CPU" == 1 ]]; then
+    DEVICE=cpu
+    export DS_ACCELERATOR=cpu
+    LAUNCH_DEVICE=(--cpu --mixed_precision no)
+else
+    DEVICE=cuda
+    LAUNCH_DEVICE=()
+    if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+        echo "gpu_smoke: no CUDA GPU visible to torch (use --cpu to rehearse on CPU)." >&2
+        exit 2
+    fi
+fi
+
+"$PY" - "$DEVICE" <<'PYEOF'
+import importlib.metadata as md
+import sys
+
+import torch
+
+where = torch.cuda.get_device_name(0) if sys.argv[1] == "cuda" else "CPU (rehearsal)"
+versions = []
+for name in ("torch", "transformers", "trl", "peft", "accelerate", "deepspeed"):
+    try:
+        versions.append(f"{name} {md.version(name)}")
+    except md.PackageNotFoundError:
+        versions.append(f"{name} -")
+print(f"gpu_smoke: device {where} | python {sys.version.split()[0]} | " + ", ".join(versions))
+PYEOF
+
+"$PY" - <<'PYEOF'
+from deep_math.sandbox import Sandbox
+
+with Sandbox(timeout=10.0) as sandbox:
+    result = sandbox.session().run("import sympy\nprint(sympy.factorint(2**32 + 1))")
+    layers = sandbox.layers
+print(f"gpu_smoke: sandbox ran a snippet: output={result.output.strip()!r} error={result.error!r}; "
+      f"network blocked={layers.network_blocked} (netns={layers.netns}, seccomp={layers.seccomp}, "
+      f"landlock_abi={layers.landlock_abi})")
+if result.error:
+    raise SystemExit("gpu_smoke: FAILED, the sandbox could not run a snippet")
+PYEOF
+
+if [[ -n "$BUNDLE" && -f "$BUNDLE/tiny-model/config.json" ]]; then
+    TINY="$BUNDLE/tiny-model"
+else
+    TINY="$OUT/tiny-model"
+    "$PY" - "$TINY" <<'PYEOF'
 import sys
 from pathlib import Path
 
 from deep_math.models import load_tokenizer
 from deep_math.training.tiny import tiny_model_dir
 
-path = tiny_model_dir(load_tokenizer(None), Path(sys.argv[1]))
-print(f"gpu_smoke: tiny model at {path}")
+tiny_model_dir(load_tokenizer(None), Path(sys.argv[1]))
 PYEOF
+fi
+phase "tiny model at $TINY"
 
 if "$PY" -c "import deepspeed" >/dev/null 2>&1; then
     ACCEL_CFG="configs/zero2.yaml"
-    echo "gpu_smoke: using DeepSpeed ZeRO-2 ($ACCEL_CFG, deepspeed $("$PY" -c 'import deepspeed; print(deepspeed.__version__)'))"
+    phase "using DeepSpeed ZeRO-2 ($ACCEL_CFG)"
 else
-    ACCEL_CFG="$OUT/single_gpu.yaml"
+    ACCEL_CFG="$OUT/single_device.yaml"
     cat > "$ACCEL_CFG" <<'YAML'
 compute_environment: LOCAL_MACHINE
 distributed_type: 'NO'
 mixed_precision: bf16
 num_machines: 1
 num_processes: 1
-machine_rank: 0
-gpu_ids: '0'
 use_cpu: false
 YAML
-    echo "gpu_smoke: DeepSpeed is not installed; using a plain single-GPU accelerate config ($ACCEL_CFG)"
+    phase "DeepSpeed is not installed; using a plain single-device accelerate config ($ACCEL_CFG)"
 fi
 
-START=$(date +%s)
+phase "training: 2 GRPO steps"
 timeout 900 "$PY" -m accelerate.commands.launch --config_file "$ACCEL_CFG" --num_processes 1 --num_machines 1 \
+    "${LAUNCH_DEVICE[@]}" \
     training.py \
     model.model_name_or_path="$TINY" \
     data.limit=4 \
@@ -59,19 +130,41 @@ timeout 900 "$PY" -m accelerate.commands.launch --config_file "$ACCEL_CFG" --num
     agent.max_steps=2 agent.max_agent_output=64 \
     train.max_completion_length=64 \
     train.max_steps=2 train.save_steps=1 \
+    train.learning_rate=1e-3 \
+    '++rewards={bench.smoke_rewards.distinct_chars:1.0}' \
     train.output_dir="$OUT/run" \
     hydra.run.dir="$OUT/hydra" \
     2>&1 | tee "$OUT/train.log"
-echo "gpu_smoke: training took $(( $(date +%s) - START )) s"
+phase "training finished"
 
-test -f "$OUT/run/adapter_config.json" || { echo "gpu_smoke: FAILED, no adapter in $OUT/run" >&2; exit 1; }
-test -d "$OUT/run/checkpoint-2" || { echo "gpu_smoke: FAILED, no checkpoint-2 in $OUT/run" >&2; exit 1; }
-"$PY" - "$TINY" "$OUT/run" <<'PYEOF'
+"$PY" - "$TINY" "$OUT/run" "$DEVICE" <<'PYEOF'
+import json
 import sys
+from pathlib import Path
+
+from safetensors.torch import load_file
 
 from deep_math.models import load_model
 
-model = load_model(sys.argv[1], lora_path=sys.argv[2], device="cuda")
-print(f"gpu_smoke: adapter loads onto the base model ({type(model).__name__} on {next(model.parameters()).device})")
+tiny, run, device = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
+for need in ("adapter_config.json", "checkpoint-1", "checkpoint-2"):
+    if not (run / need).exists():
+        raise SystemExit(f"gpu_smoke: FAILED, no {need} in {run}")
+logs = [e for e in json.loads((run / "checkpoint-2" / "trainer_state.json").read_text())["log_history"]
+        if "loss" in e]
+for e in logs:
+    print(f"gpu_smoke: step {e['step']}: loss {e['loss']:.4g}, grad_norm {e.get('grad_norm', float('nan')):.4g}, "
+          f"reward {e.get('reward', float('nan')):.4g} (std {e.get('reward_std', float('nan')):.4g}), "
+          f"temperature {e.get('temperature')}, trace errors {e.get('agent/trace_errors')}")
+if len(logs) != 2 or any(e.get("agent/trace_errors") for e in logs):
+    raise SystemExit("gpu_smoke: FAILED, expected 2 logged steps without failed traces")
+lora_b = {k: v for k, v in load_file(str(run / "adapter_model.safetensors")).items() if "lora_B" in k}
+moved = max(float(v.float().abs().max()) for v in lora_b.values())
+print(f"gpu_smoke: {len(lora_b)} LoRA B matrices (initialized to 0), largest |entry| after training {moved:.3g}")
+if not moved > 0:
+    raise SystemExit("gpu_smoke: FAILED, the adapter did not move (no optimizer update reached it)")
+model = load_model(tiny, lora_path=str(run), device=device)
+param = next(model.parameters())
+print(f"gpu_smoke: the adapter loads onto the base model ({type(model).__name__}, {param.dtype} on {param.device})")
 PYEOF
-echo "gpu_smoke: OK (accelerate config: $ACCEL_CFG)"
+phase "OK (accelerate config: $ACCEL_CFG)"

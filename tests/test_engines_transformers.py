@@ -335,13 +335,18 @@ def test_gqa_sdpa_attention_gives_identical_batched_outputs():
     assert torch.equal(before[mask.bool()], after[mask.bool()])
 
 
-def test_prefix_cache_reuses_the_shared_prompt_and_changes_no_output():
-    """Agent prompts share a long system prompt; reusing its KV must give the same tokens."""
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_prefix_cache_reuses_the_shared_prompt_and_changes_no_output(attention):
+    """Agent prompts share a long system prompt; reusing its KV must give the same tokens.
+    sdpa: switched to our CPU attention, one shared copy of the prefix (cascade attention);
+    eager: any other attention, the path CUDA takes, the prefix copied into every row."""
     from deep_math.engines.base import GenRequest, SamplingParams
+    from deep_math.engines.shared_prefix import SharedPrefixCache
     from deep_math.engines.transformers_engine import TransformersEngine
     from deep_math.models import load_model, load_tokenizer
 
     tok, model = load_tokenizer(None), load_model(None).eval()
+    model.set_attn_implementation(attention)
     system = tok.encode("You solve math problems with Python. " * 12)
     prompts = [system + tok.encode(f" Problem {k}: what is {k} + {k}?") for k in range(3)] + [system]
     reqs = [GenRequest(p, SamplingParams(temperature=0, max_tokens=6)) for p in prompts]
@@ -354,16 +359,21 @@ def test_prefix_cache_reuses_the_shared_prompt_and_changes_no_output():
     for a, b in zip(cached, plain, strict=True):
         assert max(abs(x - y) for x, y in zip(a.logprobs, b.logprobs, strict=True)) < 1e-3
     assert engine._prefix.misses == 1 and engine._prefix.hits == 1
+    shared = isinstance(engine._prefix.expand(system, 2), SharedPrefixCache)
+    assert shared == (attention == "sdpa")
     engine.close()
 
 
-def test_chunked_batches_drop_finished_rows_without_changing_samples():
-    """Rows leave the batch between chunks; seeded samples must be the same as unchunked."""
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_chunked_batches_drop_finished_rows_without_changing_samples(attention):
+    """Rows leave the batch between chunks; seeded samples must be the same as unchunked.
+    (eager: transformers' own cache and attention, the path CUDA takes.)"""
     from deep_math.engines.base import GenRequest, SamplingParams
     from deep_math.engines.transformers_engine import TransformersEngine
     from deep_math.models import load_model, load_tokenizer
 
     tok, model = load_tokenizer(None), load_model(None).eval()
+    model.set_attn_implementation(attention)
     prompts = [tok.encode(f"Count to {k}: 1, 2,") for k in (3, 9, 20)]
     reqs = [
         GenRequest(p, SamplingParams(temperature=0.8, top_p=0.9, max_tokens=m, stop=["5"], seed=k))

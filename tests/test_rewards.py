@@ -81,3 +81,49 @@ def test_build_rewards_defaults_and_order():
 def test_bad_reward_config_fails_with_the_fix(weights, message):
     with pytest.raises(ConfigError, match=message):
         build_rewards(weights)
+
+
+@pytest.fixture
+def reward_module(tmp_path, monkeypatch):
+    """An importable module `my_rewards` with one reward function and one non-callable."""
+    (tmp_path / "my_rewards.py").write_text(
+        "def brevity(completions, **kwargs):\n"
+        "    return [1.0 / (1 + len(c)) for c in completions]\n"
+        "NOT_A_FUNCTION = 3\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return "my_rewards"
+
+
+def test_dotted_reward_names_are_imported(reward_module):
+    funcs, weights = build_rewards({"accuracy": 0.1, f"{reward_module}.brevity": 0.5})
+    assert [f.__name__ for f in funcs] == ["accuracy", "brevity"] and weights == [0.1, 0.5]
+    assert funcs[1](["a", "abc"]) == [0.5, 0.25]
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("no_such_module_xyz.reward", r"cannot import module 'no_such_module_xyz'.*module\.function"),
+        ("my_rewards.missing", r"'missing' is not defined in module 'my_rewards'"),
+        ("my_rewards.NOT_A_FUNCTION", r"'NOT_A_FUNCTION' is not callable in module 'my_rewards'"),
+    ],
+)
+def test_bad_dotted_reward_names_fail_with_the_fix(reward_module, name, message):
+    with pytest.raises(ConfigError, match=message):
+        build_rewards({name: 1.0})
+
+
+def test_dotted_reward_from_the_command_line(reward_module):
+    """The override form the docstring gives: `++` merges the dotted key into the rewards mapping."""
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+
+    from deep_math.training.config import load_training_config
+
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    with initialize_config_dir(config_dir=str(configs), version_base=None):
+        raw = compose("training", overrides=["++rewards={my_rewards.brevity:0.5}"])
+    cfg = load_training_config(raw)
+    assert cfg.rewards == {"accuracy": 0.1, "code_use": 1.0, "my_rewards.brevity": 0.5}

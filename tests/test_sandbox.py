@@ -514,3 +514,22 @@ def test_parent_crash_leaves_no_workers():
     finally:
         parent.kill()
         parent.wait()
+
+
+def test_zygote_keeps_the_parents_pythonpath(tmp_path, monkeypatch):
+    """The zygote runs isolated (`python -I` ignores PYTHONPATH); packages installed on PYTHONPATH
+    (`pip install --target`) must still import there, pyseccomp included, and stay readable under
+    Landlock."""
+    from deep_math.sandbox import oslimits
+    from deep_math.sandbox.spawner import _PACKAGE_ROOT, zygote_sys_path
+
+    site = tmp_path / "site"
+    site.mkdir()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(["site", str(tmp_path / "missing"), str(site), ""]))
+    assert zygote_sys_path() == [_PACKAGE_ROOT, str(site)]  # absolute, existing, once, root first
+
+    monkeypatch.setattr(sys, "path", [_PACKAGE_ROOT, str(site), *sys.path])
+    readable = oslimits.read_only_paths()
+    assert str(site) in readable
+    assert _PACKAGE_ROOT not in readable or "site-packages" in _PACKAGE_ROOT

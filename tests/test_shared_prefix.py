@@ -230,6 +230,27 @@ def test_draws_follow_the_distribution_and_a_seed_is_independent_of_the_batch(to
     assert (counts / 4000 - want).abs().max() < 0.03
 
 
+def test_row_generators_live_on_the_cpu_whatever_the_model_device():
+    """`_draw` takes its uniforms with `torch.rand(generator=g)` on the CPU: a generator made on the
+    model's device (CUDA) would make every sampled step fail there, and seeded rows would draw
+    different streams on CPU and GPU."""
+    from deep_math.engines.transformers_engine import TransformersEngine
+
+    engine = object.__new__(TransformersEngine)  # only `_generators` is exercised
+    engine.device = torch.device("cuda")
+    rows = [
+        SamplingParams(temperature=0),
+        SamplingParams(temperature=1.0, seed=7),
+        SamplingParams(temperature=0.7),
+    ]
+    generators = engine._generators(rows)
+    assert generators[0] is None
+    assert all(g.device.type == "cpu" for g in generators[1:])
+    assert torch.equal(
+        torch.rand(3, generator=generators[1]), torch.rand(3, generator=torch.Generator().manual_seed(7))
+    )
+
+
 def test_policy_rollouts_never_reuse_a_prefix_computed_with_old_weights():
     """Local GRPO rollouts cache the shared prompt prefix; after an optimizer step changed the
     weights in place, the next rollout must match an engine with no cache at all."""

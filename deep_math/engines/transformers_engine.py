@@ -467,7 +467,9 @@ class TransformersEngine:
             if r.temperature == 0:
                 generators.append(None)
                 continue
-            g = torch.Generator(device=self.device)
+            # On the CPU whatever the model's device: it draws one uniform per row per step
+            # (`RowSampler._draw`), so a seeded row gets the same stream on CPU and GPU.
+            g = torch.Generator()
             g.manual_seed(r.seed if r.seed is not None else secrets.randbits(63))
             generators.append(g)
         return generators

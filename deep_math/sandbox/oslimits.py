@@ -110,12 +110,19 @@ def set_rlimits(memory_mb: int, cpu_seconds: int, max_open_files: int = 64) -> N
 
 
 def read_only_paths() -> list[str]:
-    """The Python installation and system libraries: what lazy imports of allowed modules read."""
+    """The Python installation, the folders on sys.path (site-packages, PYTHONPATH folders the
+    zygote was given) and system libraries: what lazy imports of allowed modules read. This
+    package's source root is left out (where it is a checkout, it holds more than code)."""
     paths = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}
     paths.update(
         v for k, v in sysconfig.get_paths().items() if k in ("stdlib", "platstdlib", "purelib", "platlib")
     )
-    paths.update(p for p in sys.path if p and os.path.isdir(p) and "site-packages" in p)
+    source_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    paths.update(
+        p
+        for p in sys.path
+        if p and os.path.isabs(p) and os.path.isdir(p) and (p != source_root or "site-packages" in p)
+    )
     paths.update(("/usr/lib", "/usr/lib64", "/lib", "/lib64", "/etc/ld.so.cache", "/dev/urandom"))
     return sorted(p for p in paths if os.path.exists(p))
 

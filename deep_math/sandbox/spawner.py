@@ -41,6 +41,18 @@ def _minimal_env() -> dict[str, str]:
     return env
 
 
+def zygote_sys_path() -> list[str]:
+    """What the zygote puts before its default sys.path: this package's root, then the parent's
+    PYTHONPATH folders (absolute). The zygote runs isolated (`-I` ignores PYTHONPATH), so packages
+    installed with `pip install --target` on PYTHONPATH (pyseccomp, sympy) would vanish without this."""
+    extra = [os.path.abspath(p) for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    paths = [_PACKAGE_ROOT]
+    for p in extra:
+        if os.path.isdir(p) and p not in paths:
+            paths.append(p)
+    return paths
+
+
 def _wait_readable(fd: int, timeout_s: float) -> bool:
     # poll, not select: the caller's process may hold more than FD_SETSIZE (1024) descriptors.
     poller = select.poll()
@@ -98,10 +110,7 @@ class Zygote:
     def _start(self) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         cfg = json.dumps(self.config.__dict__)
-        bootstrap = (
-            f"import sys; sys.path.insert(0, {_PACKAGE_ROOT!r}); "
-            "from deep_math.sandbox.zygote import main; main()"
-        )
+        bootstrap = f"import sys; sys.path[0:0] = {zygote_sys_path()!r}; from deep_math.sandbox.zygote import main; main()"
         self._proc = subprocess.Popen(
             [sys.executable, "-I", "-c", bootstrap, str(theirs.fileno()), cfg],
             env=_minimal_env(),

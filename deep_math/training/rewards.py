@@ -14,6 +14,10 @@ scored as wrong answers.
   rollout adds; without them (a plain generation) it is 0.0.
 
 The paper's weights are accuracy 0.1, code_use 1.0 (`DEFAULT_REWARD_WEIGHTS`).
+
+A name with a dot is an import path `package.module.function` (as in TRL's GRPO script), for a
+reward of your own without editing this module, e.g. `++rewards={my_rewards.brevity:0.5}` on the
+command line (`++` because Hydra would read the dots of `+rewards.my_rewards.brevity` as nesting).
 """
 
 from __future__ import annotations
@@ -106,11 +110,35 @@ REWARDS: dict[str, RewardFunc] = {"accuracy": accuracy, "code_use": code_use}
 
 
 def get_reward(name: str) -> RewardFunc:
-    """The reward function registered as `name`; unknown names raise ConfigError listing the known ones."""
-    try:
+    """The reward function registered as `name`, or imported from a dotted path `module.function`;
+    unknown names raise ConfigError listing the known ones."""
+    if name in REWARDS:
         return REWARDS[name]
-    except KeyError:
-        raise unknown_name_error("reward", str(name), list(REWARDS)) from None
+    if "." not in str(name):
+        raise unknown_name_error("reward", str(name), list(REWARDS))
+    return _import_reward(str(name))
+
+
+def _import_reward(path: str) -> RewardFunc:
+    import importlib
+
+    module_name, _, attr = path.rpartition(".")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(
+            f"reward '{path}': cannot import module '{module_name}' ({exc}). A dotted reward name is "
+            f"an import path module.function: make the module importable (install it, or run from the "
+            f"folder that holds it), or use a built-in reward: {sorted(REWARDS)}"
+        ) from None
+    func = getattr(module, attr, None)
+    if not callable(func):
+        found = "not callable" if func is not None else "not defined"
+        raise ConfigError(
+            f"reward '{path}': '{attr}' is {found} in module '{module_name}' ({module.__file__}); "
+            "it must be a function (completions, **columns) -> list[float | None]"
+        )
+    return func
 
 
 def build_rewards(weights: Mapping[str, float] | None = None) -> tuple[list[RewardFunc], list[float]]:

@@ -1,0 +1,30 @@
+"""`bench/gpu_smoke.sh --cpu`: the GPU smoke script rehearsed on CPU, so that the one run a GPU
+session can afford is not its first. Uses DeepSpeed ZeRO-2 (configs/zero2.yaml, CPU accelerator,
+gloo) when deepspeed is importable, else the script's plain single-device accelerate config."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_gpu_smoke_script_rehearsed_on_cpu(tmp_path):
+    proc = subprocess.run(
+        ["bash", str(ROOT / "bench" / "gpu_smoke.sh"), "--cpu", str(tmp_path / "smoke")],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    lines = [line for line in out.splitlines() if line.startswith("gpu_smoke:")]
+    assert any("network blocked=True" in line for line in lines), lines
+    assert sum(" loss " in line and "trace errors 0" in line for line in lines) == 2, lines
+    assert any("LoRA B matrices" in line for line in lines), lines
+    assert lines[-1].split("] ", 1)[1].startswith("OK"), lines
+    assert (tmp_path / "smoke" / "run" / "checkpoint-2").is_dir()
