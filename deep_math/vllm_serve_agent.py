@@ -168,6 +168,12 @@ class AgentService:
         }
 
     @property
+    def world_size(self) -> int:
+        """The engine's GPU workers (vLLM: tensor x data parallel), as TRL's server reports it: the
+        trainer's client joins the NCCL weight-transfer group as rank world_size."""
+        return int(getattr(self.engine, "world_size", self.cfg.data_parallel_size))
+
+    @property
     def model_id(self) -> str:
         return self.cfg.model or "embedded:smollm2-135m-instruct"
 
@@ -395,7 +401,7 @@ class Handler(BaseHTTPRequestHandler):
                 "/health": lambda: {"status": "ok"},
                 "/config": s.config,
                 "/v1/models": lambda: {"object": "list", "data": [{"id": s.model_id, "object": "model"}]},
-                "/get_world_size": lambda: {"world_size": s.cfg.data_parallel_size},
+                "/get_world_size": lambda: {"world_size": s.world_size},
                 "/server_info": s.server_info,
                 "/weights_hash": s.weights_hash,
             }

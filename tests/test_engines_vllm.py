@@ -462,7 +462,7 @@ def test_agent_server_forwards_weight_updates_to_the_vllm_engine(fake_vllm, tok)
 
     from deep_math.vllm_serve_agent import AgentServer, AgentService, ServerConfig
 
-    engine = make_engine(tok)
+    engine = make_engine(tok, tensor_parallel_size=2)
     llm = fake_vllm[0]
     service = AgentService(
         ServerConfig(engine="vllm", model="org/model"), engine=engine, sandbox=types.SimpleNamespace()
@@ -474,6 +474,8 @@ def test_agent_server_forwards_weight_updates_to_the_vllm_engine(fake_vllm, tok)
     try:
         info = requests.get(f"{url}/server_info", timeout=10).json()
         assert info["vllm_config"]["weight_transfer_config"] == {"backend": "nccl"}
+        # TP workers count: the trainer joins the NCCL group as rank world_size
+        assert requests.get(f"{url}/get_world_size", timeout=10).json() == {"world_size": 2}
 
         def post(path, **kwargs):
             response = requests.post(f"{url}{path}", timeout=10, **kwargs)
