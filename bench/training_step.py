@@ -2,6 +2,7 @@
 
     python bench/training_step.py                     # embedded SmolLM2, default training config
     python bench/training_step.py --traces 8 --max-agent-output 128 --examples deep_math/fewshot.txt
+    python bench/training_step.py --skip-speedup --set train.gradient_checkpointing=true   # any override
 
 Part 1 runs one GRPO step of the default config (`configs/training.yaml`: LoRA, 4 traces of the
 agent with local policy rollouts) and splits its wall time into
@@ -88,6 +89,7 @@ def one_grpo_step(args) -> dict:
         f"agent.max_agent_output={args.max_agent_output}",
         f"train.max_completion_length={args.max_agent_output}",
         f"prompt.examples={args.examples or 'null'}",
+        *args.set,
     ]
     with initialize_config_dir(config_dir=str(REPO / "configs"), version_base=None):
         cfg = load_training_config(compose(config_name="training", overrides=overrides))
@@ -170,6 +172,9 @@ def main() -> None:
         "--examples",
         default=None,
         help="few-shot examples file for the prompts (default: none, as configs/training.yaml)",
+    )
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="Hydra override of the step's config"
     )
     parser.add_argument("--skip-step", action="store_true")
     parser.add_argument("--skip-speedup", action="store_true")
