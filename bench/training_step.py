@@ -3,6 +3,7 @@
     python bench/training_step.py                     # embedded SmolLM2, default training config
     python bench/training_step.py --traces 8 --max-agent-output 128 --examples deep_math/fewshot.txt
     python bench/training_step.py --skip-speedup --set train.gradient_checkpointing=true   # any override
+    python bench/training_step.py --compare train.gradient_checkpointing=true --examples deep_math/fewshot.txt
 
 Part 1 runs one GRPO step of the default config (`configs/training.yaml`: LoRA, 4 traces of the
 agent with local policy rollouts) and splits its wall time into
@@ -13,13 +14,19 @@ agent with local policy rollouts) and splits its wall time into
 - policy update: everything else in the step (logprobs, loss, backward, optimizer).
 Part 2 runs the same seeded traces with the agent runner batched (all in flight, engine
 micro-batching) and one at a time, and prints both side by side.
+`--compare KEY=VALUE` instead runs the step twice, each in a fresh process (peak memory is per
+process) with the same seeded rollouts, without and with the override, and prints both side by
+side with their ratio.
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import json
 import resource
+import subprocess
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -164,6 +171,36 @@ def runner_speedup(args) -> dict:
     return results
 
 
+def compare(args) -> None:
+    """The step without and with `args.compare`, each in its own process, same seeded rollouts."""
+    base = [sys.executable, __file__, "--skip-speedup", "--child-json", "-", "--max-agent-output",
+            str(args.max_agent_output), *(["--examples", args.examples] if args.examples else []),
+            "--set", f"rollout.seed={args.seed}"]  # fmt: skip
+    for override in args.set:
+        base += ["--set", override]
+    results = {}
+    for label, extra in (("baseline", []), ("variant", [x for o in args.compare for x in ("--set", o)])):
+        print(f"running the {label} step in a fresh process ...", flush=True)
+        proc = subprocess.run(base + extra, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise SystemExit(f"the {label} step failed:\n{proc.stderr[-3000:]}")
+        results[label] = json.loads(proc.stdout.strip().splitlines()[-1])
+    b, v = results["baseline"], results["variant"]
+    print(f"\nOne GRPO step, same seeded rollouts; variant: {' '.join(args.compare)}")
+    print(f"  {'':<22}{'baseline':>12}{'variant':>12}{'variant/baseline':>18}")
+    for key, name, unit in (
+        ("tokens", "completion tokens", ""),
+        ("generation", "rollout generation", "s"),
+        ("update", "policy update", "s"),
+        ("total", "total step", "s"),
+        ("peak_rss_gb", "peak RSS", "GB"),
+    ):
+        ratio = v[key] / b[key] if b[key] else float("nan")
+        print(f"  {name + (f' ({unit})' if unit else ''):<22}{b[key]:>12.2f}{v[key]:>12.2f}{ratio:>17.2f}x")
+    if b["tokens"] != v["tokens"]:
+        print("  (the two rollouts differ: the override changes sampling, so times are not comparable)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--traces", type=int, default=8, help="traces for the runner comparison")
@@ -176,10 +213,25 @@ def main() -> None:
     parser.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="Hydra override of the step's config"
     )
+    parser.add_argument(
+        "--compare", action="append", default=[], metavar="KEY=VALUE",
+        help="run the step without and with this override side by side (fresh processes)",
+    )  # fmt: skip
+    parser.add_argument("--seed", type=int, default=0, help="rollout seed of --compare runs")
+    parser.add_argument("--child-json", help=argparse.SUPPRESS)
     parser.add_argument("--skip-step", action="store_true")
     parser.add_argument("--skip-speedup", action="store_true")
     args = parser.parse_args()
 
+    if args.compare:
+        compare(args)
+        return
+    if args.child_json:
+        s = one_grpo_step(args)
+        s["update"] = s["total"] - s["rollout"] - s["rewards"]
+        s["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+        print(json.dumps(s))
+        return
     if not args.skip_step:
         s = one_grpo_step(args)
         update = s["total"] - s["rollout"] - s["rewards"]

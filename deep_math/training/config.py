@@ -121,7 +121,7 @@ class TrainSettings:
     seed: int = 42
     use_cpu: bool | None = None
     bf16: bool | None = None
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool = True
     log_completions: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
