@@ -67,6 +67,7 @@ class ServerConfig:
     sandbox_timeout: float = 20.0
     sandbox_memory_mb: int = 2048
     max_output_chars: int = 2000
+    allow_degraded_network: bool = False
     data_parallel_size: int = 1
     max_batch_size: int = 32
     batch_wait_ms: float = 5.0
@@ -88,6 +89,7 @@ class ServerConfig:
             sandbox_timeout=self.sandbox_timeout,
             sandbox_memory_mb=self.sandbox_memory_mb,
             max_output_chars=self.max_output_chars,
+            allow_degraded_network=self.allow_degraded_network,
         )
 
 
@@ -445,6 +447,13 @@ class AgentServer(ThreadingHTTPServer):
 # --- command line -----------------------------------------------------------------------------
 
 
+def _flag(text: str) -> bool:
+    value = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}.get(text.lower())
+    if value is None:
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    return value
+
+
 def parse_args(argv: list[str] | None = None) -> ServerConfig:
     """Flags override the --config YAML, which overrides the ServerConfig defaults."""
     parser = argparse.ArgumentParser(
@@ -457,7 +466,7 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
         if f.name == "engine_kwargs":
             parser.add_argument("--engine_kwargs", type=json.loads, help="JSON object passed to the engine")
             continue
-        kind = {"int": int, "float": float}.get(str(f.type).replace(" | None", ""), str)
+        kind = {"int": int, "float": float, "bool": _flag}.get(str(f.type).replace(" | None", ""), str)
         parser.add_argument(f"--{f.name}", type=kind, default=None)
     args = vars(parser.parse_args(argv))
     data: dict[str, Any] = {}

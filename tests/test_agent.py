@@ -197,3 +197,22 @@ def test_baseline_mode_is_one_plain_generation(tokenizer):
     assert engine.requests[0].sampling.stop == []
     assert trace.tool_calls == 0 and trace.env_mask == [1] * len(trace.completion_ids)
     assert trace.finish_reason == "answer"
+
+
+@pytest.mark.parametrize("allow", [False, True])
+def test_runner_passes_the_degraded_network_opt_in_to_its_sandbox(tokenizer, monkeypatch, allow):
+    import deep_math.sandbox
+
+    made = {}
+
+    class RecordingSandbox:
+        def __init__(self, **kwargs):
+            made.update(kwargs)
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(deep_math.sandbox, "Sandbox", RecordingSandbox)
+    runner = AgentRunner(ScriptedEngine(tokenizer, []), AgentConfig(allow_degraded_network=allow))
+    assert made["allow_degraded_network"] is allow
+    runner.close()

@@ -41,3 +41,17 @@ def test_data_parallel_needs_vllm():
 def test_engine_kwargs_are_json():
     cfg = parse_args(["--engine_kwargs", '{"gpu_memory_utilization": 0.8}'])
     assert cfg.engine_kwargs == {"gpu_memory_utilization": 0.8}
+
+
+@pytest.mark.parametrize(("flag", "expected"), [("true", True), ("false", False), ("No", False), ("1", True)])
+def test_boolean_flags_parse_as_booleans(flag, expected):
+    """`--allow_degraded_network false` must be False (argparse's str would make it truthy)."""
+    cfg = parse_args(["--engine", "transformers", "--allow_degraded_network", flag])
+    assert cfg.allow_degraded_network is expected
+    assert cfg.agent_config().allow_degraded_network is expected
+
+
+def test_a_boolean_flag_refuses_other_words(capsys):
+    with pytest.raises(SystemExit):
+        parse_args(["--allow_degraded_network", "maybe"])
+    assert "expected true or false, got 'maybe'" in capsys.readouterr().err

@@ -13,7 +13,10 @@ class AgentConfig:
     """max_steps: most tool rounds per trace. max_agent_output: most generated tokens per trace,
     model and observation tokens together, across all steps (each step's max_tokens is the
     remainder). max_concurrency: traces in flight at once in the runner.
-    sandbox_timeout: seconds per snippet (hard kill). max_output_chars: observation cap."""
+    sandbox_timeout: seconds per snippet (hard kill). max_output_chars: observation cap.
+    allow_degraded_network: run snippets even on a host where the sandbox cannot block the
+    network (no network namespace, seccomp or Landlock: some unprivileged containers), with a
+    warning; off by default, so such a host is refused at start."""
 
     max_steps: int = 50
     max_agent_output: int = 5000
@@ -21,6 +24,7 @@ class AgentConfig:
     sandbox_timeout: float = 20.0
     sandbox_memory_mb: int = 2048
     max_output_chars: int = 2000
+    allow_degraded_network: bool = False
 
     def __post_init__(self) -> None:
         if self.max_steps < 1:

@@ -52,6 +52,7 @@ class AgentRunner:
                 timeout=self.config.sandbox_timeout,
                 memory_mb=self.config.sandbox_memory_mb,
                 max_output_chars=self.config.max_output_chars,
+                allow_degraded_network=self.config.allow_degraded_network,
             )
         self.sandbox = sandbox
 

@@ -44,6 +44,7 @@ class ModelConfig:
     max_agent_output: int = 5000
     max_concurrency: int = 64
     sandbox_timeout: float = 20.0
+    allow_degraded_network: bool = False  # see AgentConfig: only where the sandbox cannot block the network
     device: str = "auto"
     dtype: str = "auto"
     max_batch_size: int = 32

@@ -117,6 +117,7 @@ def run_inference(cfg: InferenceConfig, engine=None) -> RunSummary:
             max_agent_output=m.max_agent_output,
             max_concurrency=m.max_concurrency,
             sandbox_timeout=m.sandbox_timeout,
+            allow_degraded_network=m.allow_degraded_network,
         )
         prompts, params, owners = [], [], []
         g = m.generation

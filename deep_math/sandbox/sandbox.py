@@ -142,8 +142,11 @@ def require_network_isolation(layers: Layers, allow_degraded: bool) -> None:
         return
     if not allow_degraded:
         raise RuntimeError(
-            "sandbox: cannot block the network (no network namespace, seccomp or Landlock); "
-            "pass allow_degraded_network=True to run anyway"
+            "sandbox: cannot block the network on this host (no network namespace, seccomp or "
+            "Landlock). To run snippets anyway, with network access: agent.allow_degraded_network=true "
+            "(training.py), +model.allow_degraded_network=true (inference.py), "
+            "--allow_degraded_network true (deep_math.vllm_serve_agent), or "
+            "Sandbox(allow_degraded_network=True)"
         )
     logger.warning("sandbox: running WITHOUT network isolation (allow_degraded_network=True)")
 
