@@ -139,3 +139,45 @@ def test_resume_continues_from_the_last_checkpoint(tiny_dir, tmp_path, monkeypat
     steps = [entry["step"] for entry in state["log_history"] if "loss" in entry]
     assert steps == [1, 2]  # step 1 from the first run, step 2 after resuming (not 1 again)
     assert (out / "adapter_config.json").is_file()
+
+
+@pytest.mark.parametrize("sync", [False, True])
+def test_lora_reference_sync_and_its_resume(tiny_dir, tmp_path, monkeypatch, sync):
+    """With LoRA the reference is a "ref" adapter that TRL uses for the KL term. alpha 1 syncs it to
+    the policy after every step, so the KL of step 2 is 0; without sync the reference stays the
+    base model and the KL of step 2 is not. The synced run is interrupted after step 1 and resumed:
+    a reference not restored from the checkpoint would be the base model again."""
+    from deep_math.training import rewards
+    from deep_math.training.builders import run_training
+
+    monkeypatch.setitem(rewards.REWARDS, "distinct_chars", distinct_chars)
+    out = tmp_path / "out"
+    settings = {
+        "rewards": {"distinct_chars": 1.0},
+        "train.beta": 0.04,
+        "train.sync_ref_model": sync,
+        "train.ref_model_mixup_alpha": 1.0,
+        "train.ref_model_sync_steps": 1,
+    }
+    if sync:
+        run_training(tiny_config(tiny_dir, out, **settings, **{"train.max_steps": 1}))
+        assert (out / "checkpoint-1" / "ref" / "adapter_model.safetensors").is_file()
+        run_training(tiny_config(tiny_dir, out, **settings, resume=True))
+    else:
+        run_training(tiny_config(tiny_dir, out, **settings))
+    state = json.loads((out / "checkpoint-2" / "trainer_state.json").read_text())
+    kl = {e["step"]: e["kl"] for e in state["log_history"] if "kl" in e}
+    assert kl[1] < 1e-6  # the policy adapter starts at zero: policy = base = reference
+    if sync:
+        assert kl[2] < 1e-6, kl
+    else:
+        assert kl[2] > 1e-5, kl
+    adapter = json.loads((out / "adapter_config.json").read_text())
+    assert adapter["r"] == 4  # the saved policy adapter is the default one, loadable as before
+
+
+def test_reference_sync_without_kl_fails_with_the_fix(tiny_dir, tmp_path):
+    from deep_math.config_utils import ConfigError
+
+    with pytest.raises(ConfigError, match=r"sync_ref_model=true needs train.beta > 0"):
+        tiny_config(tiny_dir, tmp_path, **{"train.sync_ref_model": True})

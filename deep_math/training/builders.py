@@ -130,6 +130,8 @@ def build_grpo_args(cfg: TrainingConfig, reward_weights: list[float]) -> Any:
         bf16=on_cuda if t.bf16 is None else t.bf16,
         report_to=[] if t.report_to == "none" else [t.report_to],
         temperature=cfg.temperature(0),
+        # With LoRA, TRL refuses sync_ref_model; DeepMathGRPOTrainer syncs a "ref" adapter instead.
+        sync_ref_model=t.sync_ref_model and not cfg.lora.enabled,
         reward_weights=reward_weights,
         save_strategy="steps",
         # Our dataset has the problem text, answer and id; the rollout needs the text only.
@@ -201,6 +203,11 @@ def build_trainer(
             peft_config=build_peft_config(cfg),
             rollout_func=rollout,
             temperature_schedule=cfg.temperature,
+            lora_ref_sync=(
+                (cfg.train.ref_model_mixup_alpha, cfg.train.ref_model_sync_steps)
+                if cfg.lora.enabled and cfg.train.sync_ref_model
+                else None
+            ),
         )
     trainer.deep_math_rollout = rollout
     return trainer

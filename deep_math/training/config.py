@@ -159,6 +159,11 @@ class TrainingConfig:
                 f"({self.train.max_completion_length}): traces longer than the completion limit would be cut "
                 "in training. Lower agent.max_agent_output or raise train.max_completion_length."
             )
+        if self.train.sync_ref_model and self.train.beta == 0.0:
+            raise ValueError(
+                "train.sync_ref_model=true needs train.beta > 0: with beta 0 the loss has no KL term and no "
+                "reference model to sync (the paper used beta 0.04). Set train.beta or train.sync_ref_model=false."
+            )
 
 
 def load_training_config(cfg: Any) -> TrainingConfig:

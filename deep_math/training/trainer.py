@@ -29,6 +29,7 @@ from typing import Any
 
 from trl import GRPOTrainer
 
+from deep_math.training.ref_sync import LoraRefSyncCallback, add_ref_adapter, load_adapters
 from deep_math.training.schedule import LinearTemperatureSchedule
 
 log = logging.getLogger(__name__)
@@ -58,15 +59,34 @@ class FusedHeadTemperature:
 
 
 class DeepMathGRPOTrainer(GRPOTrainer):
-    """GRPOTrainer + a temperature schedule that changes both sampling and the loss's logprobs.
+    """GRPOTrainer + a temperature schedule that changes both sampling and the loss's logprobs,
+    + reference-model sync for LoRA (which TRL 1.16 refuses; see `ref_sync.py`).
 
-    temperature_schedule: None keeps TRL's constant `args.temperature`."""
+    temperature_schedule: None keeps TRL's constant `args.temperature`.
+    lora_ref_sync: (mixup alpha, every n steps) to keep the reference as a synced "ref" adapter;
+        pass it instead of `args.sync_ref_model` (which must then be False)."""
 
     def __init__(
-        self, *args: Any, temperature_schedule: LinearTemperatureSchedule | None = None, **kwargs: Any
+        self,
+        *args: Any,
+        temperature_schedule: LinearTemperatureSchedule | None = None,
+        lora_ref_sync: tuple[float, int] | None = None,
+        **kwargs: Any,
     ):
         super().__init__(*args, **kwargs)
         self.temperature_schedule = temperature_schedule
+        self.ref_sync: LoraRefSyncCallback | None = None
+        if lora_ref_sync is not None:
+            if not hasattr(self.model, "peft_config"):
+                raise ValueError("lora_ref_sync needs a peft model; without LoRA use args.sync_ref_model")
+            if self.beta == 0.0:
+                raise ValueError("reference-model sync needs beta > 0 (with beta 0 there is no reference)")
+            alpha, steps = lora_ref_sync
+            self.ref_sync = LoraRefSyncCallback(self.model, alpha, steps)
+            modules = add_ref_adapter(self.model)
+            self.add_callback(self.ref_sync)
+            log.info("Reference = a 'ref' LoRA adapter over %d modules, synced with alpha %s every %d steps",
+                     modules, alpha, steps)  # fmt: skip
         base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
         self._loss_heads = [FusedHeadTemperature(base)]
         if self.ref_model is not None:
@@ -85,6 +105,15 @@ class DeepMathGRPOTrainer(GRPOTrainer):
         self.temperature = float(temperature)
         for head in self._loss_heads:
             head.value = self.temperature
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        if self.ref_sync is not None:
+            restored = load_adapters(self.model, resume_from_checkpoint)
+            log.info("Restored adapters %s from %s", restored, resume_from_checkpoint)
+            if "ref" not in restored:
+                log.warning("%s has no reference adapter; the reference restarts from the base model",
+                            resume_from_checkpoint)  # fmt: skip
 
     def training_step(self, model, inputs, num_items_in_batch):
         if self.temperature_schedule is not None:
