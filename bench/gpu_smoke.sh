@@ -49,10 +49,8 @@ fi
 if [[ "$ON_CPU" == 1 ]]; then
     DEVICE=cpu
     export DS_ACCELERATOR=cpu
-    LAUNCH_DEVICE=(--cpu --mixed_precision no)
 else
     DEVICE=cuda
-    LAUNCH_DEVICE=()
     if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
         echo "gpu_smoke: no CUDA GPU visible to torch (use --cpu to rehearse on CPU)." >&2
         exit 2
@@ -139,10 +137,16 @@ use_cpu: false
 YAML
     phase "DeepSpeed is not installed; using a plain single-device accelerate config ($ACCEL_CFG)"
 fi
+if [[ "$ON_CPU" == 1 ]]; then
+    # A CPU copy of the config. Not `accelerate launch --cpu`: that flag bypasses the DeepSpeed
+    # launcher, so the run would not test DeepSpeed at all.
+    CPU_CFG="$OUT/$(basename "$ACCEL_CFG" .yaml)_cpu.yaml"
+    sed -e 's/^use_cpu: .*/use_cpu: true/' -e "s/^mixed_precision: .*/mixed_precision: 'no'/" "$ACCEL_CFG" > "$CPU_CFG"
+    ACCEL_CFG="$CPU_CFG"
+fi
 
 phase "training: 2 GRPO steps"
 timeout 900 "$PY" -m accelerate.commands.launch --config_file "$ACCEL_CFG" --num_processes 1 --num_machines 1 \
-    "${LAUNCH_DEVICE[@]}" \
     training.py \
     model.model_name_or_path="$TINY" \
     data.limit=4 \
@@ -158,7 +162,7 @@ timeout 900 "$PY" -m accelerate.commands.launch --config_file "$ACCEL_CFG" --num
     2>&1 | tee "$OUT/train.log"
 phase "training finished"
 
-"$PY" - "$TINY" "$OUT/run" "$DEVICE" <<'PYEOF'
+"$PY" - "$TINY" "$OUT/run" "$DEVICE" "$ACCEL_CFG" <<'PYEOF'
 import json
 import sys
 from pathlib import Path
@@ -167,10 +171,15 @@ from safetensors.torch import load_file
 
 from deep_math.models import load_model
 
-tiny, run, device = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
+tiny, run, device, accel_cfg = sys.argv[1], Path(sys.argv[2]), sys.argv[3], sys.argv[4]
 for need in ("adapter_config.json", "checkpoint-1", "checkpoint-2"):
     if not (run / need).exists():
         raise SystemExit(f"gpu_smoke: FAILED, no {need} in {run}")
+if "distributed_type: DEEPSPEED" in Path(accel_cfg).read_text():
+    shards = sorted(p.name for p in (run / "checkpoint-2" / "global_step2").glob("*optim_states.pt"))
+    if not shards:
+        raise SystemExit("gpu_smoke: FAILED, DeepSpeed was configured but checkpoint-2 has no ZeRO optimizer shards")
+    print(f"gpu_smoke: DeepSpeed engaged: checkpoint-2/global_step2 holds {shards}")
 logs = [e for e in json.loads((run / "checkpoint-2" / "trainer_state.json").read_text())["log_history"]
         if "loss" in e]
 for e in logs:

@@ -4,6 +4,7 @@ gloo) when deepspeed is importable, else the script's plain single-device accele
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 from pathlib import Path
 
@@ -27,4 +28,6 @@ def test_gpu_smoke_script_rehearsed_on_cpu(tmp_path):
     assert sum(" loss " in line and "trace errors 0" in line for line in lines) == 2, lines
     assert any("LoRA B matrices" in line for line in lines), lines
     assert lines[-1].split("] ", 1)[1].startswith("OK"), lines
+    if importlib.util.find_spec("deepspeed") is not None:  # ZeRO-2 really ran, not a plain launch
+        assert any(line.startswith("gpu_smoke: DeepSpeed engaged") for line in lines), lines
     assert (tmp_path / "smoke" / "run" / "checkpoint-2").is_dir()

@@ -112,6 +112,7 @@ class LoraRefSyncCallback(TrainerCallback):
             raise ValueError(f"ref_model_sync_steps must be >= 1, got {steps}")
         self.model, self.alpha, self.steps, self.adapter = model, alpha, steps, adapter
         self.syncs = 0
+        self.resume_from: str | None = None  # set by the trainer's train(resume_from_checkpoint=...)
 
     def sync(self) -> float:
         """Mix once; returns the largest relative truncation error over the modules."""
@@ -120,6 +121,19 @@ class LoraRefSyncCallback(TrainerCallback):
             worst = max(worst, mix_lora_(ref_a, ref_b, pol_a, pol_b, self.alpha))
         self.syncs += 1
         return worst
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        # After every backend restored the checkpoint (plain: the adapters; DeepSpeed: its module
+        # states, which leave out frozen parameters such as the "ref" adapter).
+        if self.resume_from:
+            restored = load_adapters(self.model, self.resume_from, self.adapter)
+            log.info("Restored adapters %s from %s", restored, self.resume_from)
+            if REF_ADAPTER not in restored:
+                log.warning(
+                    "%s has no reference adapter; the reference restarts from the base model",
+                    self.resume_from,
+                )
+        return control
 
     def on_step_end(self, args, state, control, **kwargs):
         if state.global_step % self.steps == 0:

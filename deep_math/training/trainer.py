@@ -29,7 +29,7 @@ from typing import Any
 
 from trl import GRPOTrainer
 
-from deep_math.training.ref_sync import LoraRefSyncCallback, add_ref_adapter, load_adapters
+from deep_math.training.ref_sync import LoraRefSyncCallback, add_ref_adapter
 from deep_math.training.schedule import LinearTemperatureSchedule
 
 log = logging.getLogger(__name__)
@@ -106,14 +106,15 @@ class DeepMathGRPOTrainer(GRPOTrainer):
         for head in self._loss_heads:
             head.value = self.temperature
 
-    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
-        super()._load_from_checkpoint(resume_from_checkpoint, model)
+    def train(self, resume_from_checkpoint=None, *args: Any, **kwargs: Any):
         if self.ref_sync is not None:
-            restored = load_adapters(self.model, resume_from_checkpoint)
-            log.info("Restored adapters %s from %s", restored, resume_from_checkpoint)
-            if "ref" not in restored:
-                log.warning("%s has no reference adapter; the reference restarts from the base model",
-                            resume_from_checkpoint)  # fmt: skip
+            checkpoint = resume_from_checkpoint
+            if checkpoint is True:
+                from transformers.trainer_utils import get_last_checkpoint
+
+                checkpoint = get_last_checkpoint(self.args.output_dir)
+            self.ref_sync.resume_from = checkpoint or None
+        return super().train(resume_from_checkpoint, *args, **kwargs)
 
     def training_step(self, model, inputs, num_items_in_batch):
         if self.temperature_schedule is not None:
