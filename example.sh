@@ -40,7 +40,8 @@ if [[ $section == gpu ]]; then
   trap 'kill $server' EXIT
   # ... and the GRPO trainer on the other GPUs (DeepSpeed ZeRO-2), pulling agent traces from it.
   CUDA_VISIBLE_DEVICES=1,2,3 accelerate launch --config_file configs/zero2.yaml --num_processes 3 \
-    training.py --config-name training_paper train.output_dir=$out/train
+    training.py --config-name training_paper rollout.backend=server rollout.server_url=http://127.0.0.1:8000 \
+    train.output_dir=$out/train
   kill $server; trap - EXIT
   # 2. Inference on MATH-500 with vLLM, 16 samples per problem (maj@16): baseline, agent, agent + LoRA.
   common="model.model_name_or_path=$model +model.use_vllm=true hf_tag=HuggingFaceH4/MATH-500 model.sampling=16 model.generation.max_new_tokens=3000"
