@@ -1,0 +1,105 @@
+"""example.sh stays true: every entry-point command in it composes against its Hydra config and
+schema, and the agent server flags parse. The script runs with `python`, `accelerate` and the
+background server stubbed out, so nothing is trained or generated; each stub records its argv."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+STUBS = r"""
+record() { "$REAL_PYTHON" -c 'import json, sys; print(json.dumps(sys.argv[1:]))' "$@" >> "$RECORD"; }
+python() { record "$@"; }
+accelerate() { record accelerate "$@"; }
+kill() { :; }
+export -f record python accelerate kill
+"""
+
+
+def invocations(section: str, tmp_path: Path) -> list[list[str]]:
+    record = tmp_path / f"{section}.jsonl"
+    env = {**os.environ, "REAL_PYTHON": sys.executable, "RECORD": str(record)}
+    script = STUBS + f"source {ROOT / 'example.sh'} {section}\n"
+    proc = subprocess.run(["bash", "-c", script], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    return [json.loads(line) for line in record.read_text().splitlines()]
+
+
+def entry_point(argv: list[str]) -> tuple[str, list[str]] | None:
+    """(script, arguments) of a `python X.py ...` or `accelerate launch ... X.py ...` call."""
+    for i, arg in enumerate(argv):
+        if arg in ("training.py", "inference.py", "evaluation.py"):
+            return arg, argv[i + 1 :]
+    return None
+
+
+def compose(script: str, args: list[str]):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from deep_math.config_utils import to_schema
+
+    name = script.removesuffix(".py")
+    if "--config-name" in args:
+        i = args.index("--config-name")
+        name, args = args[i + 1], args[:i] + args[i + 2 :]
+    if script == "evaluation.py":
+        from deep_math.evaluation.cli import quote_list_overrides
+
+        args = quote_list_overrides(args)
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base=None):
+        raw = hydra_compose(name, overrides=args)
+    if script == "training.py":
+        from deep_math.training.config import load_training_config
+
+        return load_training_config(raw)
+    if script == "inference.py":
+        from deep_math.inference.config import LEGACY_KEYS, InferenceConfig
+
+        return to_schema(raw, InferenceConfig, LEGACY_KEYS)
+    from deep_math.evaluation.config import EvaluationConfig
+
+    sys.path.insert(0, str(ROOT))
+    from evaluation import LEGACY  # the entry script's own table of the paper's extra keys
+
+    return to_schema(raw, EvaluationConfig, LEGACY)
+
+
+@pytest.mark.parametrize("section", ["cpu", "server", "gpu"])
+def test_every_command_of_example_sh_is_valid(section, tmp_path):
+    calls = invocations(section, tmp_path)
+    scripts = [entry_point(argv) for argv in calls]
+    assert any(s is not None for s in scripts), calls
+    for argv, found in zip(calls, scripts, strict=True):
+        if found is not None:
+            compose(*found)
+        elif argv[:2] == ["-m", "deep_math.vllm_serve_agent"]:
+            from deep_math.vllm_serve_agent import parse_args
+
+            parse_args(argv[2:])
+        else:
+            raise AssertionError(f"example.sh runs something this test does not check: {argv}")
+
+
+def test_the_gpu_trainer_pulls_traces_from_the_server_it_starts(tmp_path):
+    calls = invocations("gpu", tmp_path)
+    server = [argv for argv in calls if argv[:2] == ["-m", "deep_math.vllm_serve_agent"]]
+    trainer = [
+        compose(*entry_point(argv)) for argv in calls if (entry_point(argv) or ("",))[0] == "training.py"
+    ]
+    assert server and trainer
+    assert trainer[0].rollout.backend == "server"
+    from deep_math.vllm_serve_agent import parse_args
+
+    served = parse_args(server[0][2:])
+    assert (served.max_steps, served.max_agent_output) == (
+        trainer[0].agent.max_steps,
+        trainer[0].agent.max_agent_output,
+    )
