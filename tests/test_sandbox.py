@@ -521,15 +521,16 @@ def test_zygote_keeps_the_parents_pythonpath(tmp_path, monkeypatch):
     (`pip install --target`) must still import there, pyseccomp included, and stay readable under
     Landlock."""
     from deep_math.sandbox import oslimits
-    from deep_math.sandbox.spawner import _PACKAGE_ROOT, zygote_sys_path
+    from deep_math.sandbox.oslimits import PACKAGE_ROOT
+    from deep_math.sandbox.spawner import zygote_sys_path
 
     site = tmp_path / "site"
     site.mkdir()
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(["site", str(tmp_path / "missing"), str(site), ""]))
-    assert zygote_sys_path() == [_PACKAGE_ROOT, str(site)]  # absolute, existing, once, root first
+    assert zygote_sys_path() == [PACKAGE_ROOT, str(site)]  # absolute, existing, once, root first
 
-    monkeypatch.setattr(sys, "path", [_PACKAGE_ROOT, str(site), *sys.path])
+    monkeypatch.setattr(sys, "path", [PACKAGE_ROOT, str(site), *sys.path])
     readable = oslimits.read_only_paths()
     assert str(site) in readable
-    assert _PACKAGE_ROOT not in readable or "site-packages" in _PACKAGE_ROOT
+    assert PACKAGE_ROOT not in readable or "site-packages" in PACKAGE_ROOT

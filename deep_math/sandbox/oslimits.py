@@ -32,8 +32,12 @@ import resource
 import sys
 import sysconfig
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 logger = logging.getLogger(__name__)
+
+# The folder holding the deep_math package: the zygote's first sys.path entry (spawner.py).
+PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
@@ -117,11 +121,10 @@ def read_only_paths() -> list[str]:
     paths.update(
         v for k, v in sysconfig.get_paths().items() if k in ("stdlib", "platstdlib", "purelib", "platlib")
     )
-    source_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     paths.update(
         p
         for p in sys.path
-        if p and os.path.isabs(p) and os.path.isdir(p) and (p != source_root or "site-packages" in p)
+        if p and os.path.isabs(p) and os.path.isdir(p) and (p != PACKAGE_ROOT or "site-packages" in p)
     )
     paths.update(("/usr/lib", "/usr/lib64", "/lib", "/lib64", "/etc/ld.so.cache", "/dev/urandom"))
     return sorted(p for p in paths if os.path.exists(p))

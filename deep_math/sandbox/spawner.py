@@ -17,15 +17,13 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
-from deep_math.sandbox.oslimits import Layers
+from deep_math.sandbox.oslimits import PACKAGE_ROOT, Layers
 from deep_math.sandbox.protocol import ProtocolError, recv_msg
 from deep_math.sandbox.zygote import THREAD_ENV
 
 logger = logging.getLogger(__name__)
 
-_PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 _ZYGOTE_START_TIMEOUT_S = 120.0
 _WORKER_HELLO_TIMEOUT_S = 30.0
 
@@ -46,7 +44,7 @@ def zygote_sys_path() -> list[str]:
     PYTHONPATH folders (absolute). The zygote runs isolated (`-I` ignores PYTHONPATH), so packages
     installed with `pip install --target` on PYTHONPATH (pyseccomp, sympy) would vanish without this."""
     extra = [os.path.abspath(p) for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-    paths = [_PACKAGE_ROOT]
+    paths = [PACKAGE_ROOT]
     for p in extra:
         if os.path.isdir(p) and p not in paths:
             paths.append(p)
