@@ -15,7 +15,11 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 STUBS = r"""
-record() { "$REAL_PYTHON" -c 'import json, sys; print(json.dumps(sys.argv[1:]))' "$@" >> "$RECORD"; }
+record() {  # one O_APPEND write per call: the background server's stub runs concurrently
+  "$REAL_PYTHON" -c 'import json, os, sys
+fd = os.open(os.environ["RECORD"], os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+os.write(fd, (json.dumps(sys.argv[1:]) + "\n").encode())' "$@"
+}
 python() { record "$@"; }
 accelerate() { record accelerate "$@"; }
 kill() { :; }
@@ -26,7 +30,7 @@ export -f record python accelerate kill
 def invocations(section: str, tmp_path: Path) -> list[list[str]]:
     record = tmp_path / f"{section}.jsonl"
     env = {**os.environ, "REAL_PYTHON": sys.executable, "RECORD": str(record)}
-    script = STUBS + f"source {ROOT / 'example.sh'} {section}\n"
+    script = STUBS + f"source {ROOT / 'example.sh'} {section}\nwait\n"  # the background stubs too
     proc = subprocess.run(["bash", "-c", script], cwd=ROOT, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     return [json.loads(line) for line in record.read_text().splitlines()]
