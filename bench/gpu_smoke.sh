@@ -110,15 +110,7 @@ if [[ -n "$BUNDLE" && -f "$BUNDLE/tiny-model/config.json" ]]; then
     TINY="$BUNDLE/tiny-model"
 else
     TINY="$OUT/tiny-model"
-    "$PY" - "$TINY" <<'PYEOF'
-import sys
-from pathlib import Path
-
-from deep_math.models import load_tokenizer
-from deep_math.training.tiny import tiny_model_dir
-
-tiny_model_dir(load_tokenizer(None), Path(sys.argv[1]))
-PYEOF
+    "$PY" -m deep_math.training.tiny "$TINY"
 fi
 phase "tiny model at $TINY"
 

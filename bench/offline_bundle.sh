@@ -47,14 +47,6 @@ done
 # and compiles no ops (DS_BUILD_OPS=0); on the node it JIT-builds the few it needs, if any.
 DS_BUILD_OPS=0 "$PY" -m pip wheel -q --no-deps --no-build-isolation -w "$WHEELS" "${SOURCE_ONLY[@]}"
 
-"$PY" - "$DIR/tiny-model" <<'PYEOF'
-import sys
-from pathlib import Path
-
-from deep_math.models import load_tokenizer
-from deep_math.training.tiny import tiny_model_dir
-
-tiny_model_dir(load_tokenizer(None), Path(sys.argv[1]))
-PYEOF
+"$PY" -m deep_math.training.tiny "$DIR/tiny-model"
 echo "offline_bundle: $(ls "$WHEELS" | wc -l) wheels for CPython $PYVER + tiny model in $DIR ($(du -sh "$DIR" | cut -f1))"
 echo "offline_bundle: on the node: bash bench/gpu_smoke.sh --bundle $DIR"

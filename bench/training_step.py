@@ -123,13 +123,15 @@ def one_grpo_step(args) -> dict:
         tokens = sum(len(t.completion_ids) for t in rollout.last_traces)
         rollout.close()
         sandbox.close()
+    rollout_s, rewards_s = times.get("rollout", 0.0), times.get("rewards", 0.0)
     return {
         "total": total,
-        "rollout": times.get("rollout", 0.0),
+        "rollout": rollout_s,
         "generation": engine_seconds,
         "sandbox": sandbox.busy,
         "snippets": sandbox.snippets,
-        "rewards": times.get("rewards", 0.0),
+        "rewards": rewards_s,
+        "update": total - rollout_s - rewards_s,  # everything else in the step
         "traces": len(rollout.last_traces),
         "tokens": tokens,
     }
@@ -228,13 +230,11 @@ def main() -> None:
         return
     if args.child_json:
         s = one_grpo_step(args)
-        s["update"] = s["total"] - s["rollout"] - s["rewards"]
         s["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
         print(json.dumps(s))
         return
     if not args.skip_step:
         s = one_grpo_step(args)
-        update = s["total"] - s["rollout"] - s["rewards"]
         other = max(0.0, s["rollout"] - s["generation"] - s["sandbox"])
         print(
             f"\nOne GRPO step (embedded SmolLM2-135M, LoRA, {s['traces']} traces, {s['tokens']} completion tokens, "
@@ -245,7 +245,7 @@ def main() -> None:
             ("sandbox", s["sandbox"]),
             ("rollout other", other),
             ("rewards", s["rewards"]),
-            ("policy update", update),
+            ("policy update", s["update"]),
             ("total step", s["total"]),
         ]
         for name, seconds in rows:

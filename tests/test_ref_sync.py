@@ -43,7 +43,7 @@ def test_ref_adapter_is_a_frozen_copy_and_training_stays_on_the_policy(tiny_mode
     modules = add_ref_adapter(model)
     pairs = list(lora_pairs(model))
     assert modules == len(pairs) > 0
-    for _, (pol_a, pol_b), (ref_a, ref_b) in pairs:
+    for (pol_a, pol_b), (ref_a, ref_b) in pairs:
         assert torch.equal(pol_a, ref_a) and torch.equal(pol_b, ref_b)
         assert pol_a.requires_grad and not ref_a.requires_grad and not ref_b.requires_grad
     assert model.active_adapters == ["default"] and REF_ADAPTER in model.peft_config

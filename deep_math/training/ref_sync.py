@@ -59,18 +59,14 @@ def mix_lora_(
 
 
 def lora_pairs(model: Any, adapter: str = "default"):
-    """(module name, lora_A weight, lora_B weight) of `adapter` and of the reference adapter."""
-    for name, module in model.named_modules():
+    """Per LoRA module holding both adapters: ((A, B) of `adapter`, (A, B) of the reference)."""
+    for module in model.modules():
         lora_a, lora_b = getattr(module, "lora_A", None), getattr(module, "lora_B", None)
         if lora_a is None or lora_b is None or adapter not in lora_a or REF_ADAPTER not in lora_a:
             continue
         yield (
-            name,
             (lora_a[adapter].weight, lora_b[adapter].weight),
-            (
-                lora_a[REF_ADAPTER].weight,
-                lora_b[REF_ADAPTER].weight,
-            ),
+            (lora_a[REF_ADAPTER].weight, lora_b[REF_ADAPTER].weight),
         )
 
 
@@ -90,7 +86,7 @@ def add_ref_adapter(model: Any, adapter: str = "default") -> int:
     model.set_adapter(adapter)  # keep training the policy adapter
     pairs = 0
     with torch.no_grad():
-        for _, (pol_a, pol_b), (ref_a, ref_b) in lora_pairs(model, adapter):
+        for (pol_a, pol_b), (ref_a, ref_b) in lora_pairs(model, adapter):
             ref_a.copy_(pol_a)
             ref_b.copy_(pol_b)
             pairs += 1
@@ -111,15 +107,13 @@ class LoraRefSyncCallback(TrainerCallback):
         if steps < 1:
             raise ValueError(f"ref_model_sync_steps must be >= 1, got {steps}")
         self.model, self.alpha, self.steps, self.adapter = model, alpha, steps, adapter
-        self.syncs = 0
         self.resume_from: str | None = None  # set by the trainer's train(resume_from_checkpoint=...)
 
     def sync(self) -> float:
         """Mix once; returns the largest relative truncation error over the modules."""
         worst = 0.0
-        for _, (pol_a, pol_b), (ref_a, ref_b) in lora_pairs(self.model, self.adapter):
+        for (pol_a, pol_b), (ref_a, ref_b) in lora_pairs(self.model, self.adapter):
             worst = max(worst, mix_lora_(ref_a, ref_b, pol_a, pol_b, self.alpha))
-        self.syncs += 1
         return worst
 
     def on_train_begin(self, args, state, control, **kwargs):

@@ -67,3 +67,13 @@ def tiny_config(model_dir: Path, output_dir: Path, **overrides):
             node = node.setdefault(p, {})
         node[leaf] = value
     return build_dataclass(TrainingConfig, data)
+
+
+if __name__ == "__main__":  # python -m deep_math.training.tiny PATH (bench/gpu_smoke.sh, offline_bundle.sh)
+    import sys
+
+    from deep_math.models import load_tokenizer
+
+    if len(sys.argv) != 2:
+        raise SystemExit("usage: python -m deep_math.training.tiny PATH")
+    tiny_model_dir(load_tokenizer(None), Path(sys.argv[1]))
