@@ -49,6 +49,35 @@ def test_ref_adapter_is_a_frozen_copy_and_training_stays_on_the_policy(tiny_mode
     assert model.active_adapters == ["default"] and REF_ADAPTER in model.peft_config
 
 
+def test_reference_logprobs_carry_no_dropout_noise_in_train_mode(tiny_model):
+    """TRL computes the reference log-probs with the model in train mode; the policy's dropout
+    must not reach the frozen reference (it would put noise into the KL)."""
+    from peft import LoraConfig, get_peft_model
+    from trl.trainer.utils import use_adapter
+
+    config = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.5, target_modules="all-linear")
+    model = get_peft_model(tiny_model, config)
+    for module in model.modules():
+        if hasattr(module, "lora_B") and "default" in module.lora_B:
+            module.lora_B["default"].weight.data.normal_()
+    add_ref_adapter(model)
+    model.train()
+    ids = torch.arange(1, 17).unsqueeze(0)
+
+    def logits():
+        with torch.no_grad():
+            return model(input_ids=ids).logits
+
+    policy = [logits() for _ in range(2)]
+    assert not torch.allclose(policy[0], policy[1]), "the policy adapter's dropout should be active"
+    with use_adapter(model, adapter_name=REF_ADAPTER):  # what TRL does for the reference
+        ref = [logits() for _ in range(2)]
+    assert torch.equal(ref[0], ref[1])
+    model.eval()
+    assert torch.allclose(ref[0], logits(), atol=1e-5)  # the copy equals the policy without dropout
+    assert model.peft_config["default"].lora_dropout == 0.5  # the policy keeps its dropout
+
+
 @pytest.fixture
 def tiny_model(tokenizer, tmp_path):
     from transformers import AutoModelForCausalLM

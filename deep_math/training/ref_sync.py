@@ -13,6 +13,10 @@ the factors: QR of the stacked B's and A's, then the SVD of a 2r x 2r core). The
 exact (delta_ref starts at 0, the base model, as TRL's reference without sync); later ones drop
 the mix's smallest singular values, and the relative error is logged.
 
+The "ref" adapter has no LoRA dropout. TRL computes the reference log-probs with the model in
+train mode; with the policy's dropout (the paper's 0.1) on the frozen reference, the KL term
+would carry dropout noise and never be exactly 0, even right after a sync with alpha 1.
+
 Works where every rank holds the full LoRA weights (single process, DDP, DeepSpeed ZeRO-2); every
 rank computes the same mix from the same weights.
 """
@@ -71,8 +75,10 @@ def lora_pairs(model: Any, adapter: str = "default"):
 
 
 def add_ref_adapter(model: Any, adapter: str = "default") -> int:
-    """Add a frozen "ref" adapter, a copy of `adapter` (LoRA only), to a peft model; returns the
-    number of LoRA modules it covers."""
+    """Add a frozen "ref" adapter, a copy of `adapter` (LoRA only) without dropout, to a peft model;
+    returns the number of LoRA modules it covers."""
+    import dataclasses
+
     from peft import LoraConfig
 
     config = model.peft_config[adapter]
@@ -82,7 +88,8 @@ def add_ref_adapter(model: Any, adapter: str = "default") -> int:
             "set train.sync_ref_model=false"
         )
     if REF_ADAPTER not in model.peft_config:
-        model.add_adapter(REF_ADAPTER, config)
+        # Same rank, alpha and rsLoRA (so the same scaling, which mix_lora_ relies on), no dropout.
+        model.add_adapter(REF_ADAPTER, dataclasses.replace(config, lora_dropout=0.0))
     model.set_adapter(adapter)  # keep training the policy adapter
     pairs = 0
     with torch.no_grad():
