@@ -9,7 +9,8 @@ section=${1:-cpu}
 
 if [[ $section == cpu ]]; then
   out=outputs/example-cpu
-  # 1. Two GRPO steps with LoRA and local agentic rollouts (current policy); saves a peft adapter.
+  # 1. Two GRPO steps with LoRA and local agentic rollouts (current policy); saves a peft adapter
+  #    and the training curves (training_summary.md, training_log.csv, training_curves.png).
   python training.py train.output_dir=$out/train
   # 2. Baseline (no tools), agent, and agent + the trained LoRA adapter, 2 samples per problem.
   common="limit=4 model.sampling=2 +model.max_agent_output=256 model.generation.max_new_tokens=256"

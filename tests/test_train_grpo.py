@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 
 import pytest
@@ -139,6 +140,11 @@ def test_resume_continues_from_the_last_checkpoint(tiny_dir, tmp_path, monkeypat
     steps = [entry["step"] for entry in state["log_history"] if "loss" in entry]
     assert steps == [1, 2]  # step 1 from the first run, step 2 after resuming (not 1 again)
     assert (out / "adapter_config.json").is_file()
+    with (out / "training_log.csv").open() as f:  # the report covers the whole run, not the last leg
+        logged = list(csv.DictReader(f))
+    assert [row["step"] for row in logged] == ["1", "2"] and "rewards/distinct_chars/mean" in logged[0]
+    assert "distinct_chars" in (out / "training_summary.md").read_text()
+    assert (out / "training_curves.png").read_bytes().startswith(b"\x89PNG")
 
 
 @pytest.mark.parametrize("sync", [False, True])

@@ -237,4 +237,19 @@ def run_training(cfg: TrainingConfig) -> Path:
     trainer.save_model(str(out))
     if trainer.accelerator.is_main_process:
         trainer.processing_class.save_pretrained(str(out))
+        write_report(trainer.state.log_history, out)
     return out
+
+
+def write_report(log_history: list, out: Path) -> None:
+    """Training curves next to the model (deep_math/training/report.py). A failure here costs only
+    the report, never the saved model: it is logged with the command that redoes it."""
+    from deep_math.training.report import print_table, write_training_report
+
+    try:
+        paths = write_training_report(log_history, out)
+    except Exception as exc:  # noqa: BLE001 - the model is saved; the report can be redone
+        log.warning("No training report (%s); redo it with: python -m deep_math.training.report %s", exc, out)
+        return
+    print_table(log_history)
+    log.info("Training curves: %s, %s, %s", paths["summary"], paths["log"], paths.get("plot", "(no plot)"))
