@@ -134,8 +134,11 @@ def test_resume_continues_from_the_last_checkpoint(tiny_dir, tmp_path, monkeypat
     first = tiny_config(tiny_dir, out, rewards={"distinct_chars": 1.0}, **{"train.max_steps": 1})
     run_training(first)
     assert (out / "checkpoint-1").is_dir() and not (out / "checkpoint-2").exists()
+    # A save of step 2 that was killed half-way: weights written, trainer_state.json not yet.
+    (out / "checkpoint-2").mkdir()
+    (out / "checkpoint-2" / "adapter_model.safetensors").write_bytes(b"half-written")
     second = tiny_config(tiny_dir, out, rewards={"distinct_chars": 1.0}, resume=True)
-    run_training(second)
+    run_training(second)  # resumes from checkpoint-1, then saves step 2 over the broken folder
     state = json.loads((out / "checkpoint-2" / "trainer_state.json").read_text())
     steps = [entry["step"] for entry in state["log_history"] if "loss" in entry]
     assert steps == [1, 2]  # step 1 from the first run, step 2 after resuming (not 1 again)

@@ -214,9 +214,10 @@ def build_trainer(
 
 
 def last_checkpoint(output_dir: str) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
+    """The newest complete checkpoint (an interrupted save is skipped; see checkpoints.py)."""
+    from deep_math.training.checkpoints import last_complete_checkpoint
 
-    return get_last_checkpoint(output_dir) if Path(output_dir).is_dir() else None
+    return last_complete_checkpoint(output_dir)
 
 
 def run_training(cfg: TrainingConfig) -> Path:

@@ -48,8 +48,10 @@ SUMMARY_KEYS = ("train_runtime", "train_loss", "train_samples_per_second")
 
 
 def read_log_history(path: str | Path) -> list[dict[str, Any]]:
-    """The log history of a training folder (its newest checkpoint's trainer_state.json), of a
-    checkpoint folder, or of a trainer_state.json file."""
+    """The log history of a training folder (its own trainer_state.json, else its newest complete
+    checkpoint's), of a checkpoint folder, or of a trainer_state.json file."""
+    from deep_math.training.checkpoints import STATE_FILE, checkpoint_dirs, read_state
+
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(
@@ -57,21 +59,17 @@ def read_log_history(path: str | Path) -> list[dict[str, Any]]:
             "trainer_state.json"
         )
     if path.is_dir():
-        candidates = [path / "trainer_state.json"]
-        checkpoints = [p for p in path.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
-        candidates += [
-            p / "trainer_state.json" for p in sorted(checkpoints, key=lambda p: -int(p.name.split("-")[-1]))
-        ]
-        found = next((c for c in candidates if c.is_file()), None)
+        folders = [path, *checkpoint_dirs(path)]
+        found = next((f / STATE_FILE for f in folders if read_state(f) is not None), None)
         if found is None:
             raise FileNotFoundError(
-                f"{path} has no trainer_state.json and no checkpoint-N/trainer_state.json; pass the "
+                f"{path} has no readable {STATE_FILE} and no checkpoint-N/{STATE_FILE}; pass the "
                 "train.output_dir of a run that saved at least one checkpoint (train.save_steps)"
             )
         path = found
     try:
         state = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ValueError(f"cannot read the trainer state {path}: {exc}") from None
     if not isinstance(state, dict) or not isinstance(state.get("log_history"), list):
         raise ValueError(f"{path} has no 'log_history' list; is it a transformers trainer_state.json?")

@@ -29,6 +29,7 @@ from typing import Any
 
 from trl import GRPOTrainer
 
+from deep_math.training.checkpoints import last_complete_checkpoint
 from deep_math.training.ref_sync import LoraRefSyncCallback, add_ref_adapter
 from deep_math.training.schedule import LinearTemperatureSchedule
 
@@ -107,13 +108,12 @@ class DeepMathGRPOTrainer(GRPOTrainer):
             head.value = self.temperature
 
     def train(self, resume_from_checkpoint=None, *args: Any, **kwargs: Any):
+        if resume_from_checkpoint is True:  # the newest *complete* checkpoint (see checkpoints.py)
+            resume_from_checkpoint = last_complete_checkpoint(self.args.output_dir)
+            if resume_from_checkpoint is None:
+                raise ValueError(f"No complete checkpoint to resume from in {self.args.output_dir}")
         if self.ref_sync is not None:
-            checkpoint = resume_from_checkpoint
-            if checkpoint is True:
-                from transformers.trainer_utils import get_last_checkpoint
-
-                checkpoint = get_last_checkpoint(self.args.output_dir)
-            self.ref_sync.resume_from = checkpoint or None
+            self.ref_sync.resume_from = resume_from_checkpoint or None
         return super().train(resume_from_checkpoint, *args, **kwargs)
 
     def training_step(self, model, inputs, num_items_in_batch):
