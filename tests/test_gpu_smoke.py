@@ -5,7 +5,9 @@ gloo) when deepspeed is importable, else the script's plain single-device accele
 from __future__ import annotations
 
 import importlib.util
+import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -20,6 +22,7 @@ def test_gpu_smoke_script_rehearsed_on_cpu(tmp_path):
         capture_output=True,
         text=True,
         timeout=900,
+        env={**os.environ, "PYTHON": sys.executable},  # this interpreter, whatever `python` is on PATH
     )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]
