@@ -159,13 +159,20 @@ def table_rows(runs: list[RunResult]) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
+def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    """A markdown table's lines: the header, the separator, one line per row."""
+    return [
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join("---" for _ in header) + "|",
+        *("| " + " | ".join(r) + " |" for r in rows),
+    ]
+
+
 def comparison_markdown(runs: list[RunResult]) -> str:
     header, rows = table_rows(runs)
     first = summary(runs[0])
     lines = [
-        "| " + " | ".join(header) + " |",
-        "|" + "|".join("---" for _ in header) + "|",
-        *("| " + " | ".join(r) + " |" for r in rows),
+        *markdown_table(header, rows),
         "",
         f"accuracy = {first['accuracy_metric']} (answers grouped by math-verify equivalence, ties to the "
         "earliest answer) with a 95% bootstrap interval over problems; pass@k = "

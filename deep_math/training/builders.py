@@ -13,6 +13,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from deep_math.training.checkpoints import last_complete_checkpoint
 from deep_math.training.config import TrainingConfig
 from deep_math.training.rewards import build_rewards
 from deep_math.training.rollout import AgentRollout, RolloutSettings, TraceSource
@@ -213,13 +214,6 @@ def build_trainer(
     return trainer
 
 
-def last_checkpoint(output_dir: str) -> str | None:
-    """The newest complete checkpoint (an interrupted save is skipped; see checkpoints.py)."""
-    from deep_math.training.checkpoints import last_complete_checkpoint
-
-    return last_complete_checkpoint(output_dir)
-
-
 def run_training(cfg: TrainingConfig) -> Path:
     """Train, save the final model (a peft adapter folder with LoRA) to train.output_dir, return it."""
     train, dev = load_train_problems(cfg)
@@ -227,7 +221,8 @@ def run_training(cfg: TrainingConfig) -> Path:
     if dev_path:
         log.info("Held out %d dev problems in %s", len(dev), dev_path)
     trainer = build_trainer(cfg, train)
-    checkpoint = last_checkpoint(cfg.train.output_dir) if cfg.resume else None
+    # The newest complete checkpoint: an interrupted save is skipped (see checkpoints.py).
+    checkpoint = last_complete_checkpoint(cfg.train.output_dir) if cfg.resume else None
     if cfg.resume and checkpoint is None:
         log.warning("resume=true but %s has no checkpoint; starting from scratch", cfg.train.output_dir)
     try:

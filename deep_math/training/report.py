@@ -20,6 +20,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from deep_math.evaluation.report import markdown_table
+
 # (log key, column title, format); rewards/<name>/mean columns are added for every reward logged.
 MAIN_COLUMNS = [
     ("reward", "reward", "{:.3f}"),
@@ -60,17 +62,17 @@ def read_log_history(path: str | Path) -> list[dict[str, Any]]:
         )
     if path.is_dir():
         folders = [path, *checkpoint_dirs(path)]
-        found = next((f / STATE_FILE for f in folders if read_state(f) is not None), None)
-        if found is None:
+        state = next((st for f in folders if (st := read_state(f)) is not None), None)
+        if state is None:
             raise FileNotFoundError(
                 f"{path} has no readable {STATE_FILE} and no checkpoint-N/{STATE_FILE}; pass the "
                 "train.output_dir of a run that saved at least one checkpoint (train.save_steps)"
             )
-        path = found
-    try:
-        state = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"cannot read the trainer state {path}: {exc}") from None
+    else:
+        try:
+            state = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ValueError(f"cannot read the trainer state {path}: {exc}") from None
     if not isinstance(state, dict) or not isinstance(state.get("log_history"), list):
         raise ValueError(f"{path} has no 'log_history' list; is it a transformers trainer_state.json?")
     return state["log_history"]
@@ -125,12 +127,8 @@ def pick_rows(rows: list[dict[str, float]], max_rows: int) -> list[dict[str, flo
 def summary_markdown(rows: list[dict[str, float]], summary: dict[str, float], max_rows: int = 20) -> str:
     columns = main_columns(rows)
     shown = pick_rows(rows, max_rows)
-    lines = [
-        "| " + " | ".join(title for _, title, _ in columns) + " |",
-        "|" + "|".join("---" for _ in columns) + "|",
-        *("| " + " | ".join(_cell(r, k, f) for k, _, f in columns) + " |" for r in shown),
-        "",
-    ]
+    header = [title for _, title, _ in columns]
+    lines = [*markdown_table(header, [[_cell(r, k, f) for k, _, f in columns] for r in shown]), ""]
     note = f"{len(rows)} logged steps" + (f", {len(shown)} shown" if len(shown) < len(rows) else "")
     if "train_runtime" in summary:
         note += f"; this run's training time {summary['train_runtime']:.0f} s"
