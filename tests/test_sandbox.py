@@ -127,6 +127,27 @@ def test_benign_math_runs(session, code, expected):
     assert not result.timed_out and not result.rebuilt and result.duration_s > 0
 
 
+@pytest.mark.parametrize(
+    "code, expected",
+    [
+        ("import numpy as np\nprint(np.array([1, 2, 3]))", "[1 2 3]\n"),
+        ("import numpy as np\nstr(np.eye(2))", repr("[[1. 0.]\n [0. 1.]]")),
+        ("import numpy as np\nnp.set_printoptions(precision=3)\nprint(np.array([1.23456]))", "[1.235]\n"),
+    ],
+)
+def test_numpy_str_in_a_fresh_session(sandbox, code, expected):
+    # ndarray.__str__ is configured lazily, by an import numpy's C code makes for itself under the
+    # snippet's frame: that import is the library's, not the snippet's, and must not be refused.
+    # A fresh session each time: the first str() of an array in the worker is the one that imports.
+    s = sandbox.session()
+    try:
+        result = s.run(code)
+    finally:
+        s.close()
+    assert result.error is None, result.error
+    assert result.output == expected
+
+
 def test_error_is_a_short_traceback_of_the_snippet(session):
     result = session.run("a = 1\nb = 0\nprint(a / b)")
     assert result.error.startswith("Traceback (most recent call last):")

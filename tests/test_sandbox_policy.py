@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import logging
+import os
+import sys
 
 import pytest
 
 from deep_math.sandbox.oslimits import Layers
-from deep_math.sandbox.policy import SandboxPolicyError, attribute_refusal, check_import, check_source
+from deep_math.sandbox.policy import (
+    SandboxPolicyError,
+    attribute_refusal,
+    check_import,
+    check_source,
+    new_session_globals,
+)
 from deep_math.sandbox.sandbox import require_network_isolation
 from deep_math.sandbox.worker import BoundedWriter, Session
 
@@ -29,6 +37,36 @@ def test_refused_imports(name, fromlist):
 def test_refused_import_lists_the_allowed_modules():
     with pytest.raises(ImportError, match=r"import of os is not allowed; allowed: .*numpy.*sympy"):
         check_import("os")
+
+
+def test_imports_a_library_makes_for_itself_are_not_judged():
+    # CPython's PyImport_Import (C code importing, e.g. numpy's ndarray.__str__ loading
+    # numpy._core.arrayprint) takes __import__ from the innermost Python frame's builtins: under a
+    # snippet frame that is the restricted one, called from a frame executing a call, not an import.
+    glb = new_session_globals()
+    restricted_import = glb["__builtins__"]["__import__"]
+    assert restricted_import("numpy._core.arrayprint", glb, glb, [], 0).__name__ == "numpy"
+    assert restricted_import("os", glb, glb, [], 0) is os
+    assert restricted_import("sys", glb, glb, [], 0) is sys  # C code gets the real sys
+
+
+@pytest.mark.parametrize(
+    "code, refused",
+    [
+        ("import numpy._core", "numpy._core"),
+        ("from numpy import _core", "numpy"),
+        ("def f():\n    import os\nf()", "os"),
+        ("exec('import shutil')", "shutil"),
+    ],
+)
+def test_import_statements_of_the_snippet_are_judged(code, refused):
+    result = Session(2000).run(code)
+    assert result["error"] is not None and f"ImportError: import of {refused} " in result["error"]
+
+
+def test_import_sys_statement_gets_the_sandboxed_sys():
+    result = Session(2000).run("import sys\nsys.path")
+    assert "sys.path is not available in the sandbox" in result["error"]
 
 
 @pytest.mark.parametrize("attr", ["__subclasses__", "__globals__", "__builtins__", "gi_frame", "f_back"])
