@@ -37,7 +37,46 @@ EXTRACT_CASES = [
     ("truncated box", r"\boxed{\frac{1}{2", None),
     ("truncated tool call", r"\boxed{5} <tool_call>print('\boxed{6}')", "5"),
     ("fallback after tools", "x " + TOOL.format(out="7") + "The answer is $7$.", "7"),
+    ("fallback drops trailing period", "x " + TOOL.format(out="0.5") + "So the probability is 1/2.", "1/2"),
     ("empty", "", None),
+    # (a) an unboxed final answer in words
+    ("words after tools", "x " + TOOL.format(out="3") + "Three trucks will be needed.", "3"),
+    ("compound words", "x " + TOOL.format(out="25") + "In total twenty-five apples remain.", "25"),
+    ("words with scale", "So the hall seats three hundred and five people.", "305"),
+    ("words and a half", "x " + TOOL.format(out="3.5") + "It takes three and a half hours.", "3.5"),
+    ("digits beat words", "x " + TOOL.format(out="12") + "So 12 cookies, two more than ten.", "12"),
+    ("ordinal is not a number", "x " + TOOL.format(out="3") + "The third truck is the last.", None),
+    ("fraction word is not a number", "x " + TOOL.format(out="1/3") + "One-third of them stayed.", None),
+    ("pronoun one", "x " + TOOL.format(out="1") + "No one knows.", None),
+    ("words inside tool output ignored", "x " + TOOL.format(out="three trucks"), None),
+    # (c) the only box is in tool output; the model's final text states the answer
+    (
+        "box in output, stated after",
+        "x " + TOOL.format(out=r"\boxed{9}") + "So the answer is 9.",
+        "9",
+    ),
+    (
+        "box in output, stated before a checking snippet",
+        "The answer is $9$. Let me check." + TOOL.format(out=r"\boxed{9}") + "Verified.",
+        "9",
+    ),
+    (
+        "box in output, stated in words",
+        "x " + TOOL.format(out=r"\boxed{9}") + "Hence nine people came.",
+        "9",
+    ),
+    # hard negatives of (c): no statement by the model itself
+    ("box in output, no statement", "To answer this, compute 3+4." + TOOL.format(out=r"\boxed{7}"), None),
+    (
+        "answer only in tool code and output",
+        "Compute." + TOOL.format(out=r"The answer is 7").replace("import sympy", "print('The answer is 7')"),
+        None,
+    ),
+    (
+        "statement inside unclosed thinking",
+        "<think>The answer is 9." + TOOL.format(out=r"\boxed{9}") + "Verified.",
+        None,
+    ),
 ]
 
 
@@ -68,6 +107,70 @@ GRADE_CASES = [
     ("pi", r"2\pi", r"2 \pi", True),
     ("sqrt", r"\sqrt{8}", r"2\sqrt{2}", True),
     ("assignment", "x=5", "5", True),
+    # (a) answers in words
+    ("word answer", r"\text{three}", "3", True),
+    ("word answer compound", "Twenty-One", "21", True),
+    ("word answer scale", r"\text{one thousand two hundred}", "1200", True),
+    ("word answer half", "three and a half", r"\frac72", True),
+    ("word answer wrong", r"\text{three}", "4", False),
+    ("word answer teen vs unit", "thirteen", "3", False),
+    ("word ordinal", "third", "3", False),
+    ("word fraction", "one-third", "1", False),
+    ("word half vs whole", "three and a half", "3", False),
+    ("word scale vs unit", "three hundred", "3", False),
+    # (b) a scalar factored out of a vector or matrix
+    (
+        "factored vector",
+        r"\frac{1}{49}\begin{pmatrix}16\\48\\24\end{pmatrix}",
+        r"\begin{pmatrix}16/49\\48/49\\24/49\end{pmatrix}",
+        True,
+    ),
+    (
+        "factored gold",
+        r"\begin{pmatrix}16/49\\48/49\\24/49\end{pmatrix}",
+        r"\frac{1}{49}\begin{pmatrix}16\\48\\24\end{pmatrix}",
+        True,
+    ),
+    ("factored vs tuple", r"2\begin{pmatrix}1\\2\end{pmatrix}", "(2, 4)", True),
+    ("negated vector", r"-\begin{pmatrix}1\\2\end{pmatrix}", "(-1, -2)", True),
+    (
+        "factored sqrt",
+        r"\frac{1}{\sqrt{2}}\begin{pmatrix}1\\1\end{pmatrix}",
+        r"\begin{pmatrix}\frac{\sqrt2}{2}\\\frac{\sqrt2}{2}\end{pmatrix}",
+        True,
+    ),
+    (
+        "factored matrix",
+        r"\frac12\begin{bmatrix}1 & 2\\3 & 4\end{bmatrix}",
+        r"\begin{pmatrix}1/2 & 1\\3/2 & 2\end{pmatrix}",
+        True,
+    ),
+    (
+        "factored vector wrong entry",
+        r"\frac{1}{49}\begin{pmatrix}16\\48\\25\end{pmatrix}",
+        r"\begin{pmatrix}16/49\\48/49\\24/49\end{pmatrix}",
+        False,
+    ),
+    (
+        "factored vector wrong scalar",
+        r"\frac{1}{7}\begin{pmatrix}16\\48\\24\end{pmatrix}",
+        r"\begin{pmatrix}16/49\\48/49\\24/49\end{pmatrix}",
+        False,
+    ),
+    (
+        "scalar dropped",
+        r"\begin{pmatrix}16\\48\\24\end{pmatrix}",
+        r"\frac{1}{49}\begin{pmatrix}16\\48\\24\end{pmatrix}",
+        False,
+    ),
+    ("negation dropped", r"-\begin{pmatrix}1\\2\end{pmatrix}", "(1, 2)", False),
+    (
+        "factored matrix wrong",
+        r"2\begin{bmatrix}1 & 2\\3 & 4\end{bmatrix}",
+        r"\begin{pmatrix}1/2 & 1\\3/2 & 2\end{pmatrix}",
+        False,
+    ),
+    ("exponent is not a factor", r"x^2\begin{pmatrix}1\\2\end{pmatrix}", "(2, 4)", False),
     # hard negatives
     ("rounded third", "0.333333", r"\frac13", False),
     ("rounded 2pi", "6.283185", r"2\pi", False),

@@ -8,8 +8,15 @@ Contract of `extract_answer(text)`:
   trace that opened `<think>` and never closed it has no answer (it was cut off while thinking).
 - The answer is the content of the last `\\boxed`/`\\fbox` that remains: `\\boxed{...}` with nested
   braces, `\\boxed 5`, `\\boxed\\frac14`. An empty box is no answer.
-- Without a box, math-verify's own extraction runs on the text after the last tool block (the
-  matched string is returned, not a sympy object).
+- Without a box outside tool blocks (a `\\boxed{}` printed by a snippet does not count), the
+  model's final text states the answer:
+  1. math-verify's own extraction on the text after the last tool block (the matched string is
+     returned, not a sympy object, without trailing punctuation); if it finds nothing there, the
+     same text with number words as digits ("Three trucks will be needed" -> `3`, see `numwords`);
+  2. if that text states nothing (e.g. "Verified." after a last checking snippet), the last
+     explicit statement "the answer is X" / "final answer: X" in the model's own text outside
+     tool blocks. Only such explicit statements count here, so "To answer this, compute 3+4"
+     before a snippet is not an answer.
 - None means "no answer".
 """
 
@@ -18,6 +25,8 @@ from __future__ import annotations
 import logging
 import re
 import threading
+
+from deep_math.evaluation.numwords import words_to_digits
 
 log = logging.getLogger(__name__)
 
@@ -129,8 +138,36 @@ def _math_verify_fallback(text: str) -> str | None:
     in_main = threading.current_thread() is threading.main_thread()
     # math-verify's timeout uses signal.alarm, which only works in the main thread.
     parsed = parse(text, parsing_timeout=5 if in_main else None)
-    if len(parsed) >= 2 and isinstance(parsed[1], str) and parsed[1].strip():
-        return parsed[1].strip()
+    if len(parsed) >= 2 and isinstance(parsed[1], str):
+        answer = parsed[1].strip().rstrip(".,;:").strip()
+        return answer or None
+    return None
+
+
+def _stated_answer(text: str) -> str | None:
+    """An unboxed answer in the model's final words: as written, else with number words as digits."""
+    answer = _math_verify_fallback(text)
+    if answer is None:
+        digits = words_to_digits(text)
+        if digits != text:
+            answer = _math_verify_fallback(digits)
+    return answer
+
+
+# "the answer is X", "final answer: X", "answer = X" (X: the rest of that sentence or line)
+_STATEMENT_CUE = re.compile(r"\banswer\b\s*(?:is\b|would\s+be\b|will\s+be\b|equals\b|:|=)", re.IGNORECASE)
+
+
+def _last_answer_statement(text: str) -> str | None:
+    """The X of the last explicit "answer is X" / "answer: X" in `text`."""
+    for cue in reversed(list(_STATEMENT_CUE.finditer(text))):
+        rest = text[cue.end() :]
+        sentence = re.match(r"[^\n]*?(?:\.(?=\s|$)|\n|$)", rest)
+        claim = sentence.group(0) if sentence else rest
+        if claim.strip():
+            answer = _stated_answer("The answer is " + claim.strip())
+            if answer is not None:
+                return answer
     return None
 
 
@@ -145,9 +182,10 @@ def extract_answer(text: str) -> str | None:
     boxed = last_boxed(cleaned)
     if boxed is not None:
         return boxed or None
-    # Fallback: only what the model wrote after its last tool block.
+    # Unboxed: what the model wrote after its last tool block, else its last explicit statement.
     tail = after_thinking(_tail_after_tools(text))
-    return _math_verify_fallback(tail) if tail and tail.strip() else None
+    answer = _stated_answer(tail) if tail and tail.strip() else None
+    return answer if answer is not None else _last_answer_statement(cleaned)
 
 
 def _tail_after_tools(text: str) -> str:

@@ -4,7 +4,12 @@ Each rewrite covers a form math-verify 0.9 misreads and a human grader accepts:
 - unicode symbols (degree, minus, times, pi, sqrt, infinity, thin spaces) -> LaTeX;
 - scientific notation `1.5e3` / `1.5E-3` -> an exact `\\cdot 10^{k}` product (math-verify reads
   `1.5e3` as `1.5 * e * 3`);
+- a scalar factored out of a matrix or vector (`\\frac{1}{49}\\begin{pmatrix}16\\\\48\\end{pmatrix}`,
+  `-2\\begin{bmatrix}...`) is multiplied into every entry (`\\frac{1}{49}\\cdot(16)`); only a factor
+  that starts the answer or follows `=`, `+`, `-`, `(`, `,` is taken (never the `2` of `x^2\\begin...`),
+  and never into a `vmatrix` (a determinant scales differently);
 - a single-column `pmatrix`/`bmatrix` (a column vector) -> a tuple, so `(1, 2)` matches it;
+- an answer that is only a number in words (`\\text{three}`, `Twenty-one`) -> digits (`numwords`);
 - `%` is stripped when only one side has it (`25\\%` vs `25`).
 And one that keeps hard negatives wrong:
 - `rationalize_decimals`: decimal literals become exact fractions, used on the prediction when the
@@ -15,6 +20,8 @@ And one that keeps hard negatives wrong:
 from __future__ import annotations
 
 import re
+
+from deep_math.evaluation.numwords import whole_answer_in_words
 
 _UNICODE = {
     "\u2212": "-",  # minus sign
@@ -62,6 +69,42 @@ def column_vector_to_tuple(s: str) -> str:
     return _COLUMN.sub(repl, s)
 
 
+# One factor of a scalar: a number, \frac/\dfrac with up to one nested brace level, \sqrt,
+# \pi, a single letter; factors may be joined by \cdot / \times or juxtaposed.
+_GROUP = r"\{(?:[^{}]|\{[^{}]*\})*\}"
+_FACTOR = (
+    rf"(?:\d+(?:\.\d+)?|\\[dt]?frac\s*(?:{_GROUP}|\d)\s*(?:{_GROUP}|\d)|\\sqrt\s*(?:{_GROUP}|\d+)"
+    r"|\\pi\b|[a-zA-Z](?![a-zA-Z]))"
+)
+_SCALED_MATRIX = re.compile(
+    r"(?P<lead>^|[=+(,]|(?<![\w}])-)(?P<sign>\s*-)?\s*"
+    rf"(?P<scalar>(?:{_FACTOR}\s*(?:\\cdot|\\times)?\s*)*?)"
+    r"\\begin\{(?P<env>[pb]?matrix)\}(?P<body>.*?)\\end\{(?P=env)\}",
+    re.DOTALL,
+)
+
+
+def distribute_scalar(s: str) -> str:
+    """Multiply a factored-out scalar into the entries of the matrix it multiplies."""
+
+    def repl(m: re.Match) -> str:
+        scalar = re.sub(r"\s*(?:\\cdot|\\times)\s*$", "", m.group("scalar").strip())
+        sign = "-" if m.group("sign") else ""
+        if not scalar and not sign:
+            return m.group(0)
+        factor = (sign + scalar) if scalar else "-1"
+        rows = re.split(r"\\\\", m.group("body"))
+        scaled = [
+            " & ".join(f"{factor}\\cdot({cell.strip()})" for cell in row.split("&"))
+            for row in rows
+            if row.strip()
+        ]
+        env = m.group("env")
+        return f"{m.group('lead')}\\begin{{{env}}}" + " \\\\ ".join(scaled) + f"\\end{{{env}}}"
+
+    return _SCALED_MATRIX.sub(repl, s)
+
+
 def has_decimal(s: str) -> bool:
     return bool(_DECIMAL.search(s))
 
@@ -84,4 +127,7 @@ def strip_percent(s: str) -> str:
 
 def normalize(s: str) -> str:
     """The rewrites that apply to any answer, gold or prediction."""
-    return column_vector_to_tuple(expand_scientific(unicode_to_latex(s))).strip()
+    words = whole_answer_in_words(s)
+    if words is not None:
+        return words
+    return column_vector_to_tuple(distribute_scalar(expand_scientific(unicode_to_latex(s)))).strip()
