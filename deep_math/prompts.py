@@ -8,6 +8,8 @@ assistant turn is left open (`add_generation_prompt=True`); the agent loop gener
   `</tool_call>`; the sandbox's result is folded back as a fenced `output` block in the same
   assistant turn; the final answer goes in `\\boxed{}`.
 - "baseline": plain step-by-step reasoning, no tools.
+- "mini": the tool protocol in a few lines (~70 tokens, no few-shot block), for the Mini-DeepMath
+  recipe: a 135M model learns the format by SFT (`deep_math/training/sft.py`), not in context.
 
 Few-shot examples live in `deep_math/fewshot.txt` (examples separated by a line `---`, each
 `Problem: ...` then `Solution: ...`); tests re-run its snippets so the shown outputs stay exact.
@@ -69,6 +71,11 @@ Give the final answer, simplified, in \\boxed{{}} at the end."""
 
 BASELINE_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
 
+MINI_INSTRUCTION = (
+    f"Solve the math problem. Compute with a short Python snippet between {TOOL_OPEN} and {TOOL_CLOSE}; "
+    "what it prints is shown after it in an ```output block. Then give the final answer in \\boxed{}."
+)
+
 EXAMPLES_HEADER = "Solved examples (separated by lines `---`):"
 
 
@@ -105,6 +112,7 @@ class PromptTemplate:
 PROMPTS: dict[str, PromptTemplate] = {
     "agent": PromptTemplate("agent", AGENT_INSTRUCTION, uses_examples=True),
     "baseline": PromptTemplate("baseline", BASELINE_INSTRUCTION),
+    "mini": PromptTemplate("mini", MINI_INSTRUCTION),
 }
 
 

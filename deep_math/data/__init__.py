@@ -1,4 +1,5 @@
-"""Problems to solve: the bundled sample, a local .jsonl/.json/.parquet file, or a hub dataset.
+"""Problems to solve: the bundled sample, generated Mini-DeepMath problems (`mini:train`, ...), a
+local .jsonl/.json/.parquet file, or a hub dataset.
 
 `load_problems(source)` returns `Problem` records with string ids and answers; every column
 other than the problem, answer and id keys is kept in `Problem.extra` (level, subject,
@@ -209,7 +210,8 @@ def load_problems(
 ) -> list[Problem]:
     """Load problems from `source`.
 
-    source: None, "" or "sample" -> the bundled sample (easiest first); a path ending in
+    source: None, "" or "sample" -> the bundled sample (easiest first); `mini:SPLIT[:N[:SEED]]`
+    -> generated Mini-DeepMath problems (`deep_math/data/mini.py`); a path ending in
     .jsonl/.json/.parquet (relative to the cwd) -> that file; anything else -> a hub dataset
     tag loaded with `datasets.load_dataset(source, split=split)` (split is ignored for files).
     shuffle_seed: shuffle deterministically before `limit` is applied. Rows without an id get
@@ -220,6 +222,13 @@ def load_problems(
     name = "" if source is None else str(source).strip()
     if name in SAMPLE_NAMES:
         label, rows = "sample", _read_jsonl(SAMPLE_FILE)
+    elif name.startswith("mini:"):  # the generated Mini-DeepMath family (deep_math/data/mini.py)
+        from deep_math.data import mini
+
+        try:
+            label, rows = name, mini.rows(name)
+        except ValueError as exc:
+            raise DataError(str(exc)) from None
     elif _is_local(name):
         label, rows = name, _read_local(Path(name).expanduser())
     else:
