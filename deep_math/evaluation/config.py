@@ -21,6 +21,35 @@ def _default_metrics() -> list[dict[str, Any]]:
 
 
 @dataclass
+class BudgetConfig:
+    """Accuracy against token budget (deep_math/evaluation/budget.py)."""
+
+    # budgets of the table, in tokens (model + tool); empty: no budget report
+    table: list[int] = field(default_factory=lambda: [1024, 2048, 5120, 10240, 20480, 32768])
+
+    def __post_init__(self) -> None:
+        self.table = [int(b) for b in self.table or []]
+        if any(b < 1 for b in self.table):
+            raise ValueError(f"budget.table ({self.table}) must hold positive token counts")
+        self.table = sorted(set(self.table))
+
+
+@dataclass
+class ArmsConfig:
+    """Paired comparison of runs / arms (deep_math/evaluation/arms.py)."""
+
+    bootstrap: int = 10000  # resamples of the problems for each difference's interval
+    confidence: float = 0.95
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.bootstrap < 0:
+            raise ValueError(f"arms.bootstrap ({self.bootstrap}) must be >= 0 (0: no interval)")
+        if not 0 < self.confidence < 1:
+            raise ValueError(f"arms.confidence ({self.confidence}) must be in (0, 1)")
+
+
+@dataclass
 class EvaluationConfig:
     # one path, a comma-separated string of paths, or a list: several files are compared
     generated_file: str | list[str] | None = None
@@ -39,6 +68,9 @@ class EvaluationConfig:
     tokenizer: str | None = None  # for samples without token counts; None: the embedded model's
     progress: bool = True
     plot: bool = True
+    html: bool = True  # the trace viewer: <stem>-report.html (one file) or comparison.html (several)
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
+    arms: ArmsConfig = field(default_factory=ArmsConfig)
     metrics: list[dict[str, Any]] = field(default_factory=_default_metrics)
 
     def __post_init__(self) -> None:

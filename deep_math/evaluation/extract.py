@@ -96,16 +96,15 @@ def _token(text: str, i: int) -> tuple[str, int] | None:
     return text[i], i + 1
 
 
-def _box_content(text: str, start: int) -> str | None:
-    """The argument of a box command whose name ends at text[start]."""
+def _box_content(text: str, start: int) -> tuple[str, int] | None:
+    """The argument of a box command whose name ends at text[start], and the index after it."""
     i = start
     while i < len(text) and text[i] in " \t":
         i += 1
     if i >= len(text):
         return None
     if text[i] == "{":
-        group = _brace_group(text, i)
-        return group[0] if group else None
+        return _brace_group(text, i)
     if text[i] == "\\":  # \boxed\frac14, \boxed\pi
         m = re.match(r"\\([A-Za-z]+)", text[i:])
         if not m:
@@ -117,19 +116,62 @@ def _box_content(text: str, start: int) -> str | None:
                 break
             parts.append(tok[0])
             j = tok[1]
-        return "".join(parts)
+        return "".join(parts), j
     # \boxed 5, \boxed -3.5: up to whitespace, `$` or a closing delimiter
     m = re.match(r"[^\s$]+", text[i:])
-    return m.group(0).rstrip(".,;") if m else None
+    return (m.group(0).rstrip(".,;"), i + len(m.group(0))) if m else None
+
+
+def last_boxed_span(text: str) -> tuple[str, int] | None:
+    """(content, end index) of the last `\\boxed`/`\\fbox` in `text` with a readable argument."""
+    for m in reversed(list(_BOX.finditer(text))):
+        found = _box_content(text, m.end())
+        if found is not None:
+            return found[0].strip(), found[1]
+    return None
 
 
 def last_boxed(text: str) -> str | None:
     """Content of the last `\\boxed`/`\\fbox` in `text` with a readable argument, else None."""
-    for m in reversed(list(_BOX.finditer(text))):
-        content = _box_content(text, m.end())
-        if content is not None:
-            return content.strip()
-    return None
+    found = last_boxed_span(text)
+    return None if found is None else found[0]
+
+
+def _blank(text: str, pattern: re.Pattern) -> str:
+    """`text` with every match of `pattern` replaced by spaces (offsets are kept)."""
+    return pattern.sub(lambda m: " " * len(m.group(0)), text)
+
+
+def tool_spans(text: str) -> list[tuple[str, int, int]]:
+    """(kind, start, end) of every tool block in `text`, in order: kind `code` for a
+    `<tool_call>` snippet, `output` for a fenced output block (found after the code is taken out,
+    as `split_tool_blocks` finds it)."""
+    code = [("code", *m.span()) for m in _TOOL_CALL.finditer(text)]
+    outputs = [("output", *m.span()) for m in _OUTPUT_BLOCK.finditer(_blank(text, _TOOL_CALL))]
+    return sorted(code + outputs, key=lambda span: span[1])
+
+
+def model_text_mask(text: str) -> str:
+    """`text` with tool code and tool output blanked out character for character: what the model
+    wrote in its own words, at the offsets where it wrote it."""
+    return _blank(_blank(text, _TOOL_CALL), _OUTPUT_BLOCK)
+
+
+def boxed_answer_end(text: str) -> int | None:
+    """Character offset in `text` just after the box that `extract_answer` takes the answer from
+    (tool blocks and unclosed thinking honoured as there); None when the answer is not boxed."""
+    masked = model_text_mask(text)
+    end = masked.rfind("</think>")
+    if end >= 0:
+        offset = end + len("</think>")
+    elif "<think>" in masked:
+        return None
+    else:
+        offset = 0
+    found = last_boxed_span(masked[offset:])
+    if found is None or not found[0]:
+        return None
+    return offset + found[1]
 
 
 def _math_verify_fallback(text: str) -> str | None:

@@ -35,6 +35,7 @@ class Sample:
     tool_calls: int | None = None
     tool_errors: int | None = None
     tool_timeouts: int | None = None
+    sandbox_errors: int | None = None  # absent from files written before it was counted
     steps: int | None = None
     finish_reason: str | None = None
 
@@ -53,6 +54,7 @@ class Problem:
     target: str
     samples: list[Sample]
     meta: dict[str, Any] = field(default_factory=dict)
+    problem: str = ""  # the problem statement, when the record has one
 
 
 @dataclass
@@ -61,7 +63,9 @@ class ReadResult:
     malformed: list[str]  # "path:line: reason" for each skipped line
 
 
-_SAMPLE_KEYS = ("model_tokens", "tool_tokens", "tool_calls", "tool_errors", "tool_timeouts", "steps")
+_SAMPLE_KEYS = (
+    "model_tokens", "tool_tokens", "tool_calls", "tool_errors", "tool_timeouts", "sandbox_errors", "steps"
+)  # fmt: skip
 
 
 def _int_or_none(value: Any, key: str) -> int | None:
@@ -105,7 +109,16 @@ def parse_record(obj: Any, index: int, line: int) -> Problem:
         raise RecordError("no samples ('text' / 'samples' is empty)")
     meta = obj.get("meta") if isinstance(obj.get("meta"), dict) else {}
     pid = obj.get("id")
-    return Problem(index, line, str(pid if pid is not None else index), str(target), samples, meta)
+    statement = obj.get("problem")
+    return Problem(
+        index,
+        line,
+        str(pid if pid is not None else index),
+        str(target),
+        samples,
+        meta,
+        statement if isinstance(statement, str) else "",
+    )
 
 
 def read_generated(path: str | os.PathLike, limit: int | None = None, strict: bool = False) -> ReadResult:

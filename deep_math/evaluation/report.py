@@ -1,5 +1,7 @@
 """Outputs: per-file results YAML and per-example JSONL, the multi-run comparison table
-(markdown, as in the paper's Table 1 plus extras), the accuracy-vs-length plot, terminal tables."""
+(markdown, as in the paper's Table 1 plus extras) with the arms' flips and paired intervals and
+the accuracy-against-budget table, the plots (accuracy vs length, accuracy vs budget), the HTML
+trace viewer, terminal tables."""
 
 from __future__ import annotations
 
@@ -9,6 +11,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
+
+from deep_math.evaluation import arms as arms_mod
+from deep_math.evaluation import budget
+from deep_math.evaluation.arms import arm_title
+from deep_math.evaluation.config import ArmsConfig
 
 if TYPE_CHECKING:
     from deep_math.evaluation.run import RunResult
@@ -71,6 +78,7 @@ def summary(run: RunResult) -> dict[str, Any]:
         "grading_timeouts": run.grading.get("timeout", 0),
         "grading_errors": run.grading.get("error", 0),
         "malformed_lines": len(run.malformed),
+        "arm": run.arm,
     }
     for key in (
         "model_tokens_mean",
@@ -79,6 +87,7 @@ def summary(run: RunResult) -> dict[str, Any]:
         "truncation_rate",
         "tool_use_share",
         "tool_calls_per_trace",
+        "tool_errors_per_trace",
         "accuracy_with_tool",
         "accuracy_without_tool",
     ):
@@ -99,14 +108,25 @@ def output_paths(generated: Path, results_file: str | None, multiple: bool) -> t
     return folder / f"{stem}-results.yaml", folder / f"{stem}-per-example.jsonl"
 
 
-def write_run(run: RunResult, results_file: str | None, multiple: bool = False) -> dict[str, str]:
+def _budget_doc(budget: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The budget report for YAML: the table and the no-cut numbers, without the curve's points."""
+    if budget is None:
+        return None
+    return {k: v for k, v in budget.items() if k != "curve"}
+
+
+def write_run(
+    run: RunResult, results_file: str | None, multiple: bool = False, plot: bool = True
+) -> dict[str, str]:
     results_path, examples_path = output_paths(run.path, results_file, multiple)
     results_path.parent.mkdir(parents=True, exist_ok=True)
     doc = {
         "generated_file": str(run.path),
         "label": run.label,
+        "arm": run.arm,
         "summary": summary(run),
         "metrics": run.values,
+        "budget": _budget_doc(run.budget),
         "grading": run.grading,
         "lengths_measured_with_tokenizer": run.lengths_measured,
         "malformed_lines": run.malformed,
@@ -130,7 +150,16 @@ def write_run(run: RunResult, results_file: str | None, multiple: bool = False) 
             }
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")
     log.info("wrote %s and %s", results_path, examples_path)
-    return {"results": str(results_path), "per_example": str(examples_path)}
+    out = {"results": str(results_path), "per_example": str(examples_path)}
+    if plot and run.budget is not None:
+        png = results_path.with_name(f"{run.path.stem}-budget.png")
+        budget.plot_curves([(_name(run), run.budget)], png, f"{_name(run)}: accuracy against token budget")
+        out["budget_plot"] = str(png)
+    return out
+
+
+def _name(run: RunResult) -> str:
+    return f"{run.label} ({arm_title(run.arm)})" if run.arm else run.label
 
 
 def _fmt(value: Any, kind: str, ci: Any = None) -> str:
@@ -153,7 +182,7 @@ def table_rows(runs: list[RunResult]) -> tuple[list[str], list[list[str]]]:
     rows = []
     for run in runs:
         s = summary(run)
-        cells = [run.label, f"{s['problems']} x {s['samples_per_problem']}"]
+        cells = [_name(run), f"{s['problems']} x {s['samples_per_problem']}"]
         cells += [_fmt(s.get(key), kind, s.get("accuracy_ci")) for _, key, kind in COLUMNS]
         rows.append(cells)
     return header, rows
@@ -168,7 +197,7 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
     ]
 
 
-def comparison_markdown(runs: list[RunResult]) -> str:
+def comparison_markdown(runs: list[RunResult], paired: dict[str, Any] | None = None) -> str:
     header, rows = table_rows(runs)
     first = summary(runs[0])
     lines = [
@@ -179,6 +208,18 @@ def comparison_markdown(runs: list[RunResult]) -> str:
         f"{first['pass_metric']}; percentages except lengths (mean tokens per trace); "
         "files: " + ", ".join(f"`{r.path}`" for r in runs),
     ]
+    if paired is not None:
+        lines += ["", arms_mod.comparison_markdown(paired).rstrip("\n")]
+    with_budget = [(_name(r), r.budget) for r in arms_mod.ordered(runs) if r.budget is not None]
+    if with_budget:
+        lines += ["", "## Accuracy against token budget (maj@k, %)", ""]
+        lines += budget.table_markdown(with_budget)
+        lines += [
+            "",
+            "A trace cut at a budget counts only if its answer was boxed within it; model and tool tokens "
+            "both count; k = 1024 tokens. Positions are estimated from the text (see "
+            "deep_math/evaluation/budget.py).",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -190,19 +231,39 @@ def comparison_paths(runs: list[RunResult], comparison_file: str | None) -> tupl
     return md, md.with_suffix(".png")
 
 
-def write_comparison(runs: list[RunResult], comparison_file: str | None, plot: bool = True) -> dict[str, str]:
+def paired_comparison(runs: list[RunResult], cfg: ArmsConfig | None = None) -> dict[str, Any]:
+    cfg = cfg or ArmsConfig()
+    return arms_mod.compare_runs(runs, cfg.bootstrap, cfg.confidence, cfg.seed)
+
+
+def write_comparison(
+    runs: list[RunResult],
+    comparison_file: str | None,
+    plot: bool = True,
+    paired: dict[str, Any] | None = None,
+) -> dict[str, str]:
+    """comparison.md (table, arms with flips and paired intervals, budget table), comparison.yaml
+    (summaries), comparison-arms.yaml (the paired comparison), and the plots."""
     md_path, png_path = comparison_paths(runs, comparison_file)
     md_path.parent.mkdir(parents=True, exist_ok=True)
-    md_path.write_text(comparison_markdown(runs), encoding="utf-8")
+    paired = paired if paired is not None else paired_comparison(runs)
+    md_path.write_text(comparison_markdown(runs, paired), encoding="utf-8")
     yaml_path = md_path.with_suffix(".yaml")
     yaml_path.write_text(
         yaml.safe_dump({r.label: summary(r) for r in runs}, sort_keys=False, allow_unicode=True),
         encoding="utf-8",
     )
-    out = {"comparison": str(md_path), "comparison_yaml": str(yaml_path)}
+    arms_path = md_path.with_name(f"{md_path.stem}-arms.yaml")
+    arms_path.write_text(yaml.safe_dump(paired, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    out = {"comparison": str(md_path), "comparison_yaml": str(yaml_path), "arms": str(arms_path)}
     if plot:
         plot_accuracy_vs_length(runs, png_path)
         out["plot"] = str(png_path)
+        with_budget = [(_name(r), r.budget) for r in arms_mod.ordered(runs) if r.budget is not None]
+        if with_budget:
+            budget_png = md_path.with_name(f"{md_path.stem}-budget.png")
+            budget.plot_curves(with_budget, budget_png)
+            out["budget_plot"] = str(budget_png)
     for run in runs:
         run.outputs.update(out)
     return out
@@ -250,3 +311,26 @@ def print_summary(runs: list[RunResult]) -> None:
     for i, name in enumerate(header[1:], start=1):
         table.add_row(name, *(row[i] for row in rows))
     Console().print(table)
+
+
+def html_path(runs: list[RunResult], comparison_file: str | None) -> Path:
+    """<stem>-report.html beside one run's results; comparison.html beside comparison.md."""
+    if len(runs) == 1:
+        results = Path(runs[0].outputs.get("results", runs[0].path))
+        return results.with_name(f"{runs[0].path.stem}-report.html")
+    return comparison_paths(runs, comparison_file)[0].with_suffix(".html")
+
+
+def write_html(
+    runs: list[RunResult], paired: dict[str, Any] | None = None, comparison_file: str | None = None
+) -> str:
+    """The self-contained trace viewer (see viewer.py); its path is recorded in every run's outputs."""
+    from deep_math.evaluation.viewer import render_html
+
+    path = html_path(runs, comparison_file)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(render_html(runs, paired), encoding="utf-8")
+    log.info("wrote %s", path)
+    for run in runs:
+        run.outputs["html"] = str(path)
+    return str(path)

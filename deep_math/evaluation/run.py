@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from deep_math.evaluation import report
+from deep_math.evaluation.arms import arm_of_problems
+from deep_math.evaluation.budget import budget_curve
 from deep_math.evaluation.config import EvaluationConfig, build_metrics
 from deep_math.evaluation.grading import ERROR, TIMEOUT, Grade, grade_text, group_answers, quick_grade
 from deep_math.evaluation.lengths import LazyTokenizer, fill_lengths, needs_tokenizer, resolve_tokenizer
@@ -37,6 +39,8 @@ class RunResult:
     grading: dict[str, int]  # samples per grading status + group fallbacks
     lengths_measured: int = 0  # samples whose token counts came from the tokenizer
     outputs: dict[str, str] = field(default_factory=dict)
+    arm: str | None = None  # from the records' meta (see arms.py); None: unknown
+    budget: dict[str, Any] | None = None  # accuracy against token budget (see budget.py)
 
     @property
     def summary(self) -> dict[str, Any]:
@@ -110,9 +114,11 @@ def evaluate_file(
     strict: bool = False,
     label: str | None = None,
     progress: bool = False,
+    budgets: list[int] | None = None,
 ) -> RunResult:
     """Score one generated file. `tokenizer`: an object with `encode`, a model path/id, or None
-    for the embedded model; loaded only if some sample lacks token counts."""
+    for the embedded model; loaded only if some sample lacks token counts. `budgets`: the token
+    budgets of the accuracy-against-budget table (None: no budget report)."""
     path = Path(path)
     read = read_generated(path, limit=limit, strict=strict)
     if not read.problems:
@@ -133,7 +139,11 @@ def evaluate_file(
             grading[TIMEOUT],
             grading[ERROR],
         )
-    return RunResult(path, label or path.stem, results, values, read.malformed, grading, measured)
+    run = RunResult(path, label or path.stem, results, values, read.malformed, grading, measured)
+    run.arm = arm_of_problems(read.problems, str(path))
+    if budgets:
+        run.budget = budget_curve(results, budgets)
+    return run
 
 
 def run_evaluation(cfg: EvaluationConfig) -> list[RunResult]:
@@ -145,9 +155,15 @@ def run_evaluation(cfg: EvaluationConfig) -> list[RunResult]:
     runs = []
     with GradingPool(workers=cfg.workers, timeout=cfg.timeout, batch_size=cfg.batch_size) as pool:
         for path, label in zip(cfg.generated_files, labels, strict=True):
-            run = evaluate_file(path, pool, metrics, tokenizer, cfg.limit, cfg.strict, label, cfg.progress)
-            run.outputs.update(report.write_run(run, cfg.results_file, multiple=len(cfg.generated_files) > 1))
+            run = evaluate_file(
+                path, pool, metrics, tokenizer, cfg.limit, cfg.strict, label, cfg.progress, cfg.budget.table
+            )
+            multiple = len(cfg.generated_files) > 1
+            run.outputs.update(report.write_run(run, cfg.results_file, multiple, plot=cfg.plot))
             runs.append(run)
-    if len(runs) > 1:
-        report.write_comparison(runs, cfg.comparison_file, plot=cfg.plot)
+    paired = report.paired_comparison(runs, cfg.arms) if len(runs) > 1 else None
+    if paired is not None:
+        report.write_comparison(runs, cfg.comparison_file, plot=cfg.plot, paired=paired)
+    if cfg.html:
+        report.write_html(runs, paired, cfg.comparison_file)
     return runs
