@@ -10,8 +10,10 @@ from smolagents.local_python_executor import CodeOutput, PythonExecutor
 def format_observation(result: Any) -> str:
     """The fenced block folded back into the trace after a snippet ran.
 
-    Printed output first, then the error text (a short traceback the model can act on) or a
-    timeout notice. An empty run says so, so the model learns to print what it needs.
+    Printed output first, then the error text (a short traceback the model can act on), a
+    timeout notice or a sandbox-failure notice (which says it is not the code's fault). A run
+    that succeeded after its session's replay failed says which variables may be gone. An empty
+    run says so, so the model learns to print what it needs.
     """
     parts = []
     if result.output:
@@ -20,6 +22,8 @@ def format_observation(result: Any) -> str:
         parts.append(result.error or "TimeoutError: the snippet ran too long and was killed.")
     elif result.error:
         parts.append(result.error.rstrip("\n"))
+    elif getattr(result, "replay_error", None):
+        parts.append(f"Note: the session was restarted and the {result.replay_error}.")
     body = "\n".join(parts) if parts else "(no output)"
     return f"\n```output\n{body}\n```\n"
 

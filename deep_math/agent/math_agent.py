@@ -159,6 +159,8 @@ class MathAgent(CodeAgent):
             result = self.python_executor.last_result
             if result.timed_out:
                 trace.tool_timeouts += 1
+            elif getattr(result, "sandbox_error", None) is not None:
+                trace.sandbox_errors += 1  # the sandbox failed, not the model's code
             elif result.error:
                 trace.tool_errors += 1
             if getattr(result, "replay_error", None):

@@ -30,14 +30,15 @@ class Trace:
     tool_calls: int = 0
     tool_errors: int = 0
     tool_timeouts: int = 0
+    sandbox_errors: int = 0  # snippets that failed inside the sandbox, not in the model's code
     steps: int = 0
     finish_reason: TraceFinish = "eos"
     error: str | None = None
 
     @property
     def used_tool_successfully(self) -> bool:
-        """At least one snippet ran without error or timeout (the code_use reward)."""
-        return self.tool_calls - self.tool_errors - self.tool_timeouts > 0
+        """At least one snippet ran without error, timeout or sandbox failure (the code_use reward)."""
+        return self.tool_calls - self.tool_errors - self.tool_timeouts - self.sandbox_errors > 0
 
     def sample_record(self) -> dict:
         """The per-sample dict of the generated-file record (DESIGN.md)."""
@@ -48,6 +49,7 @@ class Trace:
             "tool_calls": self.tool_calls,
             "tool_errors": self.tool_errors,
             "tool_timeouts": self.tool_timeouts,
+            "sandbox_errors": self.sandbox_errors,
             "steps": self.steps,
             "finish_reason": self.finish_reason,
         }

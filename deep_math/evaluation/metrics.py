@@ -152,8 +152,8 @@ class OutputLength:
 
 
 class ToolUse:
-    """Tool calls / errors / timeouts per trace, the share of traces that call the tool, and the
-    per-sample accuracy of traces with and without tool use."""
+    """Tool calls / errors / timeouts / sandbox errors per trace, the share of traces that call
+    the tool, and the per-sample accuracy of traces with and without tool use."""
 
     name = "tool_use"
 
@@ -170,6 +170,7 @@ class ToolUse:
             "tool_calls_per_trace": per_trace("tool_calls"),
             "tool_errors_per_trace": per_trace("tool_errors"),
             "tool_timeouts_per_trace": per_trace("tool_timeouts"),
+            "sandbox_errors_per_trace": per_trace("sandbox_errors"),
             "tool_use_share": _mean([float((s.tool_calls or 0) > 0) for s, _ in pairs]),
             "accuracy_with_tool": _mean([float(c) for c in used]),
             "accuracy_without_tool": _mean([float(c) for c in unused]),

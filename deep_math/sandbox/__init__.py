@@ -4,7 +4,7 @@
     with Sandbox(timeout=20.0, memory_mb=2048, max_output_chars=2000) as sandbox:
         session = sandbox.session()                 # one per trace
         result = session.run("import sympy as sp\\nx = sp.symbols('x')\\nsp.solve(x**2 - 4, x)")
-        result.output, result.error, result.timed_out  # '[-2, 2]', None, False
+        result.output, result.error, result.kind       # '[-2, 2]', None, 'ok'
         session.close()
 
 How it works: `Sandbox` starts a zygote (a fresh interpreter, minimal environment) that imports
@@ -28,6 +28,9 @@ What is covered (each layer has tests in tests/test_sandbox.py):
    environment is empty; workers die with the zygote (PR_SET_PDEATHSIG), which dies with the caller
    (EOF of its control socket). Output is bounded while it is captured.
 A killed or crashed session is rebuilt on its next run by replaying its successful snippets.
+A run's `kind` tells the model's own errors ("error", "timeout") from failures it cannot fix
+("sandbox_error": the worker died, the sandbox's own code raised, or a rebuild's replay failed);
+the agent counts the latter as `sandbox_errors`, apart from `tool_errors`.
 
 What is NOT covered: a sandbox is not a VM. Kernel bugs reachable through the allowed syscalls,
 side channels, reading files inside the Python installation, and using the whole CPU/memory budget

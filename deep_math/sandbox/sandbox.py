@@ -7,6 +7,7 @@ import threading
 import time
 import weakref
 from dataclasses import dataclass
+from typing import Literal
 
 from deep_math.sandbox.oslimits import Layers
 from deep_math.sandbox.protocol import ProtocolError, recv_msg, send_msg
@@ -16,6 +17,8 @@ logger = logging.getLogger(__name__)
 
 _KILLED_NOTE = "variables from earlier successful snippets are restored on the next run"
 
+RunKind = Literal["ok", "error", "timeout", "sandbox_error"]
+
 
 @dataclass(frozen=True)
 class RunResult:
@@ -23,12 +26,16 @@ class RunResult:
 
     output: printed text (stdout and stderr, in order), then the repr of a final bare expression;
         truncated to max_output_chars with an "[output truncated ...]" marker.
-    error: a short traceback limited to the snippet's own frames, or a timeout/crash notice; None
-        when the snippet succeeded.
+    error: the text the model sees about the failure: a short traceback limited to the snippet's
+        own frames, or a timeout/crash/sandbox notice; None when the snippet succeeded.
     timed_out: the snippet hit the wall-clock limit and its worker was killed.
     rebuilt: the session's worker had died (timeout/crash) and was rebuilt before this run by
         replaying the earlier successful snippets.
     replay_error: set when that replay itself failed (state may then differ from before).
+    sandbox_error: set (to the internal detail, for logs) when the run failed for a reason the
+        model cannot fix: the sandbox's own code raised, the worker died unexpectedly, or the
+        rebuild's replay failed and the snippet then failed (it may have needed the lost state).
+        Such a run is not the model's mistake (see `kind`).
     duration_s: wall-clock seconds of this run, rebuild excluded.
     """
 
@@ -37,7 +44,17 @@ class RunResult:
     timed_out: bool = False
     rebuilt: bool = False
     replay_error: str | None = None
+    sandbox_error: str | None = None
     duration_s: float = 0.0
+
+    @property
+    def kind(self) -> RunKind:
+        """ok; error (the snippet's own mistake); timeout; sandbox_error (see the field)."""
+        if self.timed_out:
+            return "timeout"
+        if self.sandbox_error is not None:
+            return "sandbox_error"
+        return "ok" if self.error is None else "error"
 
 
 class Session:
@@ -71,12 +88,17 @@ class Session:
             result = self._execute(code, timeout)
             if result.error is None and not result.timed_out:
                 self._history.append(code)
+            error, sandbox_error = result.error, result.sandbox_error
+            if replay_error and error is not None and not result.timed_out and sandbox_error is None:
+                sandbox_error = replay_error
+                error = f"{error.rstrip()}\nSandboxError: the session was restarted and the {replay_error}."
             return RunResult(
                 output=result.output,
-                error=result.error,
+                error=error,
                 timed_out=result.timed_out,
                 rebuilt=rebuilt,
                 replay_error=replay_error,
+                sandbox_error=sandbox_error,
                 duration_s=result.duration_s,
             )
 
@@ -88,9 +110,15 @@ class Session:
         try:
             send_msg(worker.sock, {"code": code})
             reply = recv_msg(worker.sock, self._sandbox._max_reply_bytes, deadline)
-            output, error = str(reply["output"]), reply["error"]
-            return RunResult(output=output, error=None if error is None else str(error),
-                             duration_s=time.monotonic() - start)  # fmt: skip
+            output, error, internal = str(reply["output"]), reply["error"], reply.get("sandbox_error")
+            if internal is not None:
+                logger.warning("sandbox worker %d failed internally: %s", worker.pid, internal)
+            return RunResult(
+                output=output,
+                error=None if error is None else str(error),
+                sandbox_error=None if internal is None else str(internal),
+                duration_s=time.monotonic() - start,
+            )
         except TimeoutError:
             self._kill()
             return RunResult(
@@ -98,12 +126,13 @@ class Session:
                 timed_out=True,
                 duration_s=time.monotonic() - start,
             )
-        except (ProtocolError, OSError, KeyError, TypeError) as exc:
+        except (ProtocolError, OSError, KeyError, TypeError, AttributeError) as exc:
             self._kill()
             logger.info("sandbox worker %d died or misbehaved: %s", worker.pid, exc)
             return RunResult(
                 error="WorkerCrashed: the Python process running the snippet died (a crash in native "
                 f"code or an exceeded memory/CPU limit); {_KILLED_NOTE}.",
+                sandbox_error=f"worker died or sent a malformed reply: {exc}",
                 duration_s=time.monotonic() - start,
             )
 

@@ -108,22 +108,50 @@ class Session:
         return body, (compile(last, filename, "eval") if last is not None else None)
 
     def run(self, source: str) -> dict[str, Any]:
+        """Run one snippet. Reply: output, error (the text for the model) and sandbox_error (set,
+        with the internal detail, when the sandbox's own code failed rather than the snippet)."""
         out = BoundedWriter(self.max_output_chars)
         saved = sys.stdout, sys.stderr
         sys.stdout = sys.stderr = out
-        error = None
+        error = internal = None
         try:
-            body, last = self._compile(source)
+            try:
+                body, last = self._compile(source)
+            except SNIPPET_COMPILE_ERRORS:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the checker/compiler broke, not the snippet
+                internal = exc
+                raise
             exec(body, self.globals)
             if last is not None:
                 value = eval(last, self.globals)
                 if value is not None:
                     out.write(repr(value))
         except BaseException as exc:  # noqa: B036 - SystemExit/KeyboardInterrupt from a snippet are errors too
-            error = format_error(exc, self.max_output_chars)
+            if internal is None:
+                error = format_error(exc, self.max_output_chars)
         finally:
             sys.stdout, sys.stderr = saved
+        if internal is not None:
+            return sandbox_error_reply(internal, out.getvalue())
         return {"output": out.getvalue(), "error": error}
+
+
+# What checking and compiling a snippet may legitimately raise: the snippet's own mistakes
+# (SyntaxError includes IndentationError; ValueError: null bytes; RecursionError/MemoryError: a
+# pathologically nested expression). Anything else from that phase is the sandbox's failure.
+SNIPPET_COMPILE_ERRORS = (SyntaxError, ValueError, policy.SandboxPolicyError, RecursionError, MemoryError)
+
+
+def sandbox_error_reply(exc: BaseException, output: str = "") -> dict[str, Any]:
+    """The reply for a failure of the sandbox's own code while it ran a snippet."""
+    detail = f"{type(exc).__name__}: {exc}"[:500]
+    return {
+        "output": output,
+        "error": f"SandboxError: the sandbox failed internally while running this snippet ({detail}); "
+        "this is not an error in the code, running it again may work.",
+        "sandbox_error": detail,
+    }
 
 
 def _detach(sock_fd: int) -> None:
@@ -155,7 +183,11 @@ def serve(sock_fd: int, zygote_pid: int, config: dict[str, Any]) -> None:
         send_msg(sock, {"hello": layers.to_json(), "setup_s": time.perf_counter() - started})
         while True:
             request = recv_msg(sock, MAX_SNIPPET_BYTES)
-            send_msg(sock, session.run(request["code"]))
+            try:
+                reply = session.run(request["code"])
+            except Exception as exc:  # noqa: BLE001 - a bug in the harness: report it, keep serving
+                reply = sandbox_error_reply(exc)
+            send_msg(sock, reply)
     except (ProtocolError, OSError):
         pass  # the parent closed the session or went away
     finally:

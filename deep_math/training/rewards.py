@@ -10,8 +10,9 @@ scored as wrong answers.
   ignores `<tool_call>` code and `output` blocks) is equivalent to the gold answer under
   math-verify, else 0.0.
 - `code_use`: 1.0 when the trace executed at least one snippet successfully (no error, no
-  timeout), else 0.0. Reads the `tool_calls` / `tool_errors` / `tool_timeouts` columns that the
-  rollout adds; without them (a plain generation) it is 0.0.
+  timeout, no sandbox failure), else 0.0. Reads the `tool_calls` / `tool_errors` /
+  `tool_timeouts` / `sandbox_errors` columns that the rollout adds; without them (a plain
+  generation) it is 0.0.
 
 The paper's weights are accuracy 0.1, code_use 1.0 (`DEFAULT_REWARD_WEIGHTS`).
 
@@ -88,21 +89,24 @@ def code_use(
     tool_calls: Sequence[int] | None = None,
     tool_errors: Sequence[int] | None = None,
     tool_timeouts: Sequence[int] | None = None,
+    sandbox_errors: Sequence[int] | None = None,
     **kwargs: Any,
 ) -> list[float | None]:
-    """1.0 if the trace ran at least one snippet without error or timeout, else 0.0 (None: failed trace)."""
+    """1.0 if the trace ran at least one snippet without error, timeout or sandbox failure, else 0.0
+    (None: failed trace)."""
     n = len(completions)
     failed = _failed(kwargs, n)
     if tool_calls is None:
         return [None if bad else 0.0 for bad in failed]
     errors = tool_errors if tool_errors is not None else [0] * n
     timeouts = tool_timeouts if tool_timeouts is not None else [0] * n
+    broken = sandbox_errors if sandbox_errors is not None else [0] * n
     rewards: list[float | None] = []
-    for calls, errs, touts, bad in zip(tool_calls, errors, timeouts, failed, strict=True):
+    for calls, errs, touts, sb, bad in zip(tool_calls, errors, timeouts, broken, failed, strict=True):
         if bad:
             rewards.append(None)
         else:
-            rewards.append(1.0 if int(calls) - int(errs) - int(touts) > 0 else 0.0)
+            rewards.append(1.0 if int(calls) - int(errs) - int(touts) - int(sb) > 0 else 0.0)
     return rewards
 
 

@@ -13,7 +13,7 @@ prompt, in order:
 - `env_mask`: 1 on model tokens, 0 on observation tokens (TRL multiplies it into the loss mask, so
   observation tokens get no loss). A failed trace (finish_reason "error") is masked entirely;
 - per-trace columns that reach the reward functions: `tool_calls`, `tool_errors`,
-  `tool_timeouts`, `model_tokens`, `tool_tokens`, `steps`, `finish_reason`, `trace_error`
+  `tool_timeouts`, `sandbox_errors`, `model_tokens`, `tool_tokens`, `steps`, `finish_reason`, `trace_error`
   (None, or the error message: the rewards then return None, so the trace gets advantage 0).
 
 The sampling temperature is read from `trainer.temperature` at every call, which the temperature
@@ -37,7 +37,9 @@ from deep_math.engines.base import SamplingParams
 
 log = logging.getLogger(__name__)
 
-STAT_COLUMNS = ("tool_calls", "tool_errors", "tool_timeouts", "model_tokens", "tool_tokens", "steps")
+STAT_COLUMNS = (
+    "tool_calls", "tool_errors", "tool_timeouts", "sandbox_errors", "model_tokens", "tool_tokens", "steps"
+)  # fmt: skip
 
 
 @dataclass
@@ -179,8 +181,10 @@ def _log_rollout_metrics(trainer: Any, out: dict[str, list]) -> None:
     if errors:
         log.warning("%d of %d traces failed (masked out, advantage 0): %s", errors, n, out["trace_error"][0])
     used = sum(
-        c - e - t > 0
-        for c, e, t in zip(out["tool_calls"], out["tool_errors"], out["tool_timeouts"], strict=True)
+        c - e - t - s > 0
+        for c, e, t, s in zip(
+            out["tool_calls"], out["tool_errors"], out["tool_timeouts"], out["sandbox_errors"], strict=True
+        )
     )
     log_metric("agent/trace_errors", errors / n)
     log_metric("agent/used_tool", used / n)
