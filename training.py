@@ -11,14 +11,24 @@ import hydra
 from omegaconf import DictConfig
 
 from deep_math.config_utils import ConfigError
-from deep_math.training.config import load_training_config
+from deep_math.training.config import load_training_config, refuse_bare_demo_on_gpu
 
 log = logging.getLogger("training")
+
+
+def _launch_facts() -> tuple[str, list[str], bool]:
+    """(config name, command-line overrides, CUDA available) of this run."""
+    import torch
+    from hydra.core.hydra_config import HydraConfig
+
+    hydra_cfg = HydraConfig.get()
+    return hydra_cfg.job.config_name, list(hydra_cfg.overrides.task), torch.cuda.is_available()
 
 
 @hydra.main(config_path="configs", config_name="training", version_base=None)
 def main(raw: DictConfig) -> None:
     try:
+        refuse_bare_demo_on_gpu(*_launch_facts())
         cfg = load_training_config(raw)
     except ConfigError as exc:
         raise SystemExit(f"Config error: {exc}") from None

@@ -53,7 +53,9 @@ HANDSHAKE_KEYS = ("max_steps", "max_agent_output")
 @dataclass
 class ServerConfig:
     """model: null -> the embedded SmolLM2. engine: transformers | vllm (| scripted in tests).
-    data_parallel_size: engine replicas (vllm only). engine_kwargs: passed to the engine as is."""
+    tensor_parallel_size, data_parallel_size, gpu_memory_utilization, max_model_len,
+    enable_prefix_caching: vLLM's settings of the same names, as TRL's `vllm-serve` takes them (vllm
+    only; None keeps vLLM's default). engine_kwargs: passed to the engine as is."""
 
     model: str | None = None
     engine: str = "transformers"
@@ -68,18 +70,37 @@ class ServerConfig:
     sandbox_memory_mb: int = 2048
     max_output_chars: int = 2000
     allow_degraded_network: bool = False
+    tensor_parallel_size: int = 1
     data_parallel_size: int = 1
+    gpu_memory_utilization: float | None = None
+    max_model_len: int | None = None
+    enable_prefix_caching: bool | None = None
     max_batch_size: int = 32
     batch_wait_ms: float = 5.0
     engine_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.data_parallel_size < 1:
-            raise ValueError(f"data_parallel_size must be >= 1, got {self.data_parallel_size}")
-        if self.data_parallel_size > 1 and self.engine != "vllm":
-            raise ValueError(
-                f"data_parallel_size {self.data_parallel_size} needs --engine vllm (got {self.engine})"
-            )
+        for name in ("tensor_parallel_size", "data_parallel_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.engine != "vllm":
+            defaults = {"tensor_parallel_size": 1, "data_parallel_size": 1}
+            vllm_only = [
+                f"{k} {v}"
+                for k, v in self.vllm_settings().items()
+                if defaults.get(k, v) != v or k not in defaults
+            ]
+            if vllm_only:
+                raise ValueError(f"{', '.join(vllm_only)} needs --engine vllm (got {self.engine})")
+
+    def vllm_settings(self) -> dict[str, Any]:
+        """The vLLM engine's own settings that are set (TP and DP always)."""
+        names = ("gpu_memory_utilization", "max_model_len", "enable_prefix_caching")
+        return {
+            "tensor_parallel_size": self.tensor_parallel_size,
+            "data_parallel_size": self.data_parallel_size,
+            **{name: getattr(self, name) for name in names if getattr(self, name) is not None},
+        }
 
     def agent_config(self) -> AgentConfig:
         return AgentConfig(
@@ -115,10 +136,9 @@ def build_server_engine(cfg: ServerConfig) -> Any:
             **cfg.engine_kwargs,
         )
     if cfg.engine == "vllm":
-        kwargs = dict(cfg.engine_kwargs)
-        if cfg.data_parallel_size > 1:
-            kwargs["data_parallel_size"] = cfg.data_parallel_size
-        return build_engine("vllm", model_name_or_path=cfg.model, **kwargs)
+        return build_engine(
+            "vllm", model_name_or_path=cfg.model, **{**cfg.vllm_settings(), **cfg.engine_kwargs}
+        )
     return build_engine(cfg.engine, **cfg.engine_kwargs)
 
 
@@ -164,6 +184,7 @@ class AgentService:
             "protocol": PROTOCOL_VERSION,
             "model": self.model_id,
             "engine": self.cfg.engine,
+            "tensor_parallel_size": self.cfg.tensor_parallel_size,
             "data_parallel_size": self.cfg.data_parallel_size,
             "weights_version": self.version,
             **agent,

@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from deep_math.testing import REPO as ROOT
+from deep_math.testing import compose_entry as compose
+from deep_math.testing import entry_point
 
 STUBS = r"""
 record() {  # one O_APPEND write per call: the background server's stub runs concurrently
@@ -34,46 +36,6 @@ def invocations(section: str, tmp_path: Path) -> list[list[str]]:
     proc = subprocess.run(["bash", "-c", script], cwd=ROOT, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     return [json.loads(line) for line in record.read_text().splitlines()]
-
-
-def entry_point(argv: list[str]) -> tuple[str, list[str]] | None:
-    """(script, arguments) of a `python X.py ...` or `accelerate launch ... X.py ...` call."""
-    for i, arg in enumerate(argv):
-        if arg in ("training.py", "inference.py", "evaluation.py"):
-            return arg, argv[i + 1 :]
-    return None
-
-
-def compose(script: str, args: list[str]):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    from deep_math.config_utils import to_schema
-
-    name = script.removesuffix(".py")
-    if "--config-name" in args:
-        i = args.index("--config-name")
-        name, args = args[i + 1], args[:i] + args[i + 2 :]
-    if script == "evaluation.py":
-        from deep_math.evaluation.cli import quote_list_overrides
-
-        args = quote_list_overrides(args)
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base=None):
-        raw = hydra_compose(name, overrides=args)
-    if script == "training.py":
-        from deep_math.training.config import load_training_config
-
-        return load_training_config(raw)
-    if script == "inference.py":
-        from deep_math.inference.config import LEGACY_KEYS, InferenceConfig
-
-        return to_schema(raw, InferenceConfig, LEGACY_KEYS)
-    from deep_math.evaluation.config import EvaluationConfig
-
-    sys.path.insert(0, str(ROOT))
-    from evaluation import LEGACY  # the entry script's own table of the paper's extra keys
-
-    return to_schema(raw, EvaluationConfig, LEGACY)
 
 
 @pytest.mark.parametrize("section", ["cpu", "server", "gpu"])

@@ -34,7 +34,7 @@ CHILD = textwrap.dedent(
 
     engine = ScriptedEngine(load_tokenizer(None), script)
     cfg = InferenceConfig(generated_file=sys.argv[1], limit=int(sys.argv[2]), progress=False,
-                          model=ModelConfig(sampling=2, max_concurrency=1))
+                          model=ModelConfig(math_agent=True, sampling=2, max_concurrency=1))
     print(run_inference(cfg, engine=engine).line(), flush=True)
     """
 )

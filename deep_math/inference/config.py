@@ -22,8 +22,12 @@ ENGINE_KWARGS = {
 @dataclass
 class GenerationConfig:
     """Sampling of every generation call. max_new_tokens caps one step (one generation call);
-    model.max_agent_output caps the whole trace."""
+    model.max_agent_output caps the whole trace. do_sample=false decodes greedily (temperature 0)."""
 
+    def sampling_temperature(self) -> float:
+        return self.temperature if self.do_sample else 0.0
+
+    do_sample: bool = True  # false: greedy decoding, whatever temperature says
     temperature: float = 0.6
     top_p: float = 0.95
     top_k: int = 20
@@ -35,7 +39,7 @@ class GenerationConfig:
 class ModelConfig:
     model_name_or_path: str | None = None  # None: the embedded SmolLM2-135M-Instruct
     engine: str = "transformers"
-    math_agent: bool = True
+    math_agent: bool = False  # the paper's default: its baseline command runs without +model.math_agent
     lora_path: str | None = None
     sampling: int = 1  # samples per problem (16 for maj@16)
     template: str | None = None  # None: "agent" with math_agent, else "baseline"
@@ -52,6 +56,9 @@ class ModelConfig:
     data_parallel_size: int = 1
     gpu_memory_utilization: float = 0.9
     max_model_len: int | None = None
+    # Passed to the vLLM engine's constructor as is (and on to vllm.LLM), overriding the keys above:
+    # +model.vllm_params.max_lora_rank=32 +model.vllm_params.enable_prefix_caching=true
+    vllm_params: dict[str, Any] = field(default_factory=dict)
     base_url: str = "http://127.0.0.1:8000"
     generation: GenerationConfig = field(default_factory=GenerationConfig)
 
@@ -60,10 +67,18 @@ class ModelConfig:
             raise ValueError(f"model.sampling must be >= 1, got {self.sampling}")
         if self.template is None:
             self.template = "agent" if self.math_agent else "baseline"
+        if self.vllm_params and self.engine != "vllm":
+            raise ValueError(
+                f"model.vllm_params {sorted(self.vllm_params)} configure the vLLM engine, but engine is "
+                f"'{self.engine}': add +model.use_vllm=true (or model.engine=vllm), or drop vllm_params"
+            )
 
     def engine_kwargs(self) -> dict[str, Any]:
         names = ENGINE_KWARGS.get(self.engine, ())
-        return {name: getattr(self, name) for name in names}
+        kwargs = {name: getattr(self, name) for name in names}
+        if self.engine == "vllm":
+            kwargs.update(self.vllm_params)  # vLLM names its own unknown arguments
+        return kwargs
 
 
 @dataclass

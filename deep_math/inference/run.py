@@ -129,7 +129,7 @@ def run_inference(cfg: InferenceConfig, engine=None) -> RunSummary:
                 prompts.append(ids_i)
                 params.append(
                     SamplingParams(
-                        temperature=g.temperature,
+                        temperature=g.sampling_temperature(),
                         top_p=g.top_p,
                         top_k=g.top_k,
                         max_tokens=g.max_new_tokens,

@@ -166,6 +166,24 @@ class TrainingConfig:
             )
 
 
+def refuse_bare_demo_on_gpu(config_name: str, overrides: list[str], cuda_available: bool) -> None:
+    """The paper's trainer command is a bare `accelerate launch ... training.py`. Here configs/
+    training.yaml is the CPU demo (embedded SmolLM2, 2 steps, rollouts in-process), which on a GPU
+    node would quietly train the wrong model while the agent server the user started sits idle. So
+    the default config with no override at all on a CUDA machine stops and names the paper's
+    command; any override (e.g. `train.max_steps=2`) says the user chose the demo on purpose."""
+    if config_name != "training" or overrides or not cuda_available:
+        return
+    raise ConfigError(
+        "configs/training.yaml is the CPU demo (embedded SmolLM2-135M, 2 steps, local rollouts), and "
+        "this machine has CUDA GPUs. The paper's run (Qwen3-4B-Thinking, agent server on its own GPUs):\n"
+        "  python -m deep_math.vllm_serve_agent --config configs/vllm_agent_server_4B.yaml &\n"
+        "  accelerate launch --config_file configs/zero2.yaml --num_processes 2 training.py "
+        "--config-name training_paper rollout.backend=server\n"
+        "To train the demo on this GPU anyway, give any override, e.g. training.py train.max_steps=2"
+    )
+
+
 def load_training_config(cfg: Any) -> TrainingConfig:
     """Hydra DictConfig (or a mapping) -> TrainingConfig; raises ConfigError naming the fix."""
     try:

@@ -1,0 +1,56 @@
+"""Helpers shared by the tests (and usable by anyone checking a command): compose an entry
+script's Hydra config exactly as the script would, without running it.
+
+    cfg = compose_entry("inference.py", ["+model.use_vllm=true", "hf_tag=HuggingFaceH4/MATH-500"])
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+ENTRY_SCRIPTS = ("training.py", "inference.py", "evaluation.py")
+
+
+def entry_point(argv: list[str]) -> tuple[str, list[str]] | None:
+    """(script, arguments) of a `python X.py ...` or `accelerate launch ... X.py ...` call."""
+    for i, arg in enumerate(argv):
+        if arg in ENTRY_SCRIPTS:
+            return arg, argv[i + 1 :]
+    return None
+
+
+def compose_entry(script: str, args: list[str]) -> Any:
+    """The validated schema object (TrainingConfig, InferenceConfig, EvaluationConfig) that `script`
+    would build from the command-line `args` (Hydra overrides, `--config-name NAME` included)."""
+    from hydra import compose, initialize_config_dir
+
+    from deep_math.config_utils import to_schema
+
+    name = script.removesuffix(".py")
+    if "--config-name" in args:
+        i = args.index("--config-name")
+        name, args = args[i + 1], args[:i] + args[i + 2 :]
+    if script == "evaluation.py":
+        from deep_math.evaluation.cli import quote_list_overrides
+
+        args = quote_list_overrides(args)
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base=None):
+        raw = compose(name, overrides=args)
+    if script == "training.py":
+        from deep_math.training.config import load_training_config
+
+        return load_training_config(raw)
+    if script == "inference.py":
+        from deep_math.inference.config import LEGACY_KEYS, InferenceConfig
+
+        return to_schema(raw, InferenceConfig, LEGACY_KEYS)
+    from deep_math.evaluation.config import EvaluationConfig
+
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    from evaluation import LEGACY  # the entry script's own table of the paper's extra keys
+
+    return to_schema(raw, EvaluationConfig, LEGACY)
