@@ -41,7 +41,10 @@ def main(cfg: DictConfig) -> None:
         print(
             f"comparison: {runs[0].outputs['comparison']}"
             + (f", plot: {runs[0].outputs['plot']}" if "plot" in runs[0].outputs else "")
+            + (f", budget: {runs[0].outputs['budget_plot']}" if "budget_plot" in runs[0].outputs else "")
         )
+    if "html" in runs[0].outputs:
+        print(f"trace viewer: {runs[0].outputs['html']} (open it in a browser; no server needed)")
 
 
 if __name__ == "__main__":

@@ -125,6 +125,14 @@ def test_multi_file_comparison(tmp_path):
     assert "| agent |" in md and "| baseline |" in md and "accuracy (maj@k)" in md
     assert (out / "comparison.png").stat().st_size > 1000
     assert "comparison" in proc.stdout and "agent" in proc.stdout
+    # no arm in these records' meta: the pairs are named by run label
+    assert "Paired comparison" in md and "baseline vs agent" in md
+    assert "Accuracy against token budget" in md and "| ≤1k |" in md
+    assert (out / "comparison-budget.png").stat().st_size > 1000
+    assert (out / "agent-budget.png").stat().st_size > 1000
+    assert res_a["budget"]["table"][1024]["maj"] == 1.0
+    assert (out / "comparison.html").read_text().startswith("<!doctype html>")
+    assert "trace viewer" in proc.stdout
 
 
 def test_unknown_key_fails_listing_valid_keys(tmp_path):

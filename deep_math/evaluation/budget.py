@@ -166,8 +166,22 @@ def plot_curves(labeled: list[tuple[str, dict[str, Any]]], path: Path, title: st
     for i, (label, rep) in enumerate(labeled):
         xs = [p["budget"] for p in rep["curve"]]
         color = f"C{i}"
-        ax.plot(xs, [100 * p["maj"] for p in rep["curve"]], color=color, label=f"{label} maj@{rep['k']}")
-        ax.plot(xs, [100 * p["mean"] for p in rep["curve"]], color=color, ls="--", alpha=0.6, lw=1)
+        ax.plot(
+            xs,
+            [100 * p["maj"] for p in rep["curve"]],
+            color=color,
+            drawstyle="steps-post",
+            label=f"{label} maj@{rep['k']}",
+        )
+        ax.plot(
+            xs,
+            [100 * p["mean"] for p in rep["curve"]],
+            color=color,
+            ls="--",
+            alpha=0.6,
+            lw=1,
+            drawstyle="steps-post",
+        )
     for b in labeled[0][1]["table"] if labeled else ():
         ax.axvline(b, color="0.85", lw=0.8, zorder=0)
     ax.set_xscale("log", base=2)

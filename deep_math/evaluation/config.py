@@ -69,6 +69,9 @@ class EvaluationConfig:
     progress: bool = True
     plot: bool = True
     html: bool = True  # the trace viewer: <stem>-report.html (one file) or comparison.html (several)
+    # samples per problem and run drawn in the viewer (the first N; null: all). Long traces make
+    # big pages: 500 problems x 16 samples x 20k tokens would be several hundred MB of HTML.
+    html_samples: int | None = 4
     budget: BudgetConfig = field(default_factory=BudgetConfig)
     arms: ArmsConfig = field(default_factory=ArmsConfig)
     metrics: list[dict[str, Any]] = field(default_factory=_default_metrics)
@@ -95,6 +98,8 @@ class EvaluationConfig:
             and len(self.generated_files) > 1
         ):
             raise ValueError("results_file must be a folder when several generated files are evaluated")
+        if self.html_samples is not None and self.html_samples < 1:
+            raise ValueError(f"html_samples ({self.html_samples}) must be >= 1 or null (all samples)")
         if not self.metrics:
             raise ValueError("metrics is empty: list at least one metric")
 

@@ -322,14 +322,17 @@ def html_path(runs: list[RunResult], comparison_file: str | None) -> Path:
 
 
 def write_html(
-    runs: list[RunResult], paired: dict[str, Any] | None = None, comparison_file: str | None = None
+    runs: list[RunResult],
+    paired: dict[str, Any] | None = None,
+    comparison_file: str | None = None,
+    max_samples: int | None = None,
 ) -> str:
     """The self-contained trace viewer (see viewer.py); its path is recorded in every run's outputs."""
     from deep_math.evaluation.viewer import render_html
 
     path = html_path(runs, comparison_file)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render_html(runs, paired), encoding="utf-8")
+    path.write_text(render_html(runs, paired, max_samples), encoding="utf-8")
     log.info("wrote %s", path)
     for run in runs:
         run.outputs["html"] = str(path)

@@ -165,5 +165,5 @@ def run_evaluation(cfg: EvaluationConfig) -> list[RunResult]:
     if paired is not None:
         report.write_comparison(runs, cfg.comparison_file, plot=cfg.plot, paired=paired)
     if cfg.html:
-        report.write_html(runs, paired, cfg.comparison_file)
+        report.write_html(runs, paired, cfg.comparison_file, cfg.html_samples)
     return runs

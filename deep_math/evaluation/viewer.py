@@ -145,17 +145,26 @@ def _tool_html(kind: str, raw: str) -> str:
     return f'<div class="seg out out-{status}"><span class="tag">{label}</span><pre>{esc(body)}</pre></div>'
 
 
+def _model_segment(text: str, start: int, end: int, box: tuple[int, int] | None) -> str:
+    """One stretch of model text; the newlines that only separate it from tool blocks are not
+    drawn (the blocks are boxes of their own). Whitespace-only stretches are dropped."""
+    piece = text[start:end]
+    lead = len(piece) - len(piece.lstrip("\n"))
+    piece = piece.strip("\n")
+    if not piece.strip():
+        return ""
+    return f'<div class="seg model">{_model_html(piece, box, start + lead)}</div>'
+
+
 def render_trace(text: str) -> str:
     """The trace as HTML: model text (final answer box marked), tool code, tool output."""
     box = _answer_box(text)
     parts, pos = [], 0
     for kind, a, b in tool_spans(text):
-        if a > pos:
-            parts.append(f'<div class="seg model">{_model_html(text[pos:a], box, pos)}</div>')
+        parts.append(_model_segment(text, pos, a, box))
         parts.append(_tool_html(kind, text[a:b]))
         pos = b
-    if pos < len(text):
-        parts.append(f'<div class="seg model">{_model_html(text[pos:], box, pos)}</div>')
+    parts.append(_model_segment(text, pos, len(text), box))
     return "".join(parts) or '<div class="seg model empty">(empty trace)</div>'
 
 
@@ -276,7 +285,9 @@ def _summary_html(runs: list[RunResult], paired: dict[str, Any] | None) -> str:
     return "".join(parts)
 
 
-def _problem_html(i: int, runs: list[RunResult], by_id: list[dict[str, Any]], pid: str) -> str:
+def _problem_html(
+    i: int, runs: list[RunResult], by_id: list[dict[str, Any]], pid: str, max_samples: int | None
+) -> str:
     first = next(m[pid] for m in by_id if pid in m)
     p = first.problem
     verdicts, blocks = [], []
@@ -288,9 +299,8 @@ def _problem_html(i: int, runs: list[RunResult], by_id: list[dict[str, Any]], pi
         cls = "right" if vote.correct else "wrong"
         name = esc(run.label)
         verdicts.append(f'<span class="pill {cls}" title="majority answer of {name}">{name}</span>')
-        samples = "".join(
-            render_sample(j, ri, s, g) for j, (s, g) in enumerate(zip(r.samples, r.grades, strict=True))
-        )
+        pairs = list(zip(r.samples, r.grades, strict=True))[:max_samples]
+        samples = "".join(render_sample(j, ri, s, g) for j, (s, g) in enumerate(pairs))
         majority = f"<code>{esc(vote.answer)}</code>" if vote.answer is not None else "<em>none</em>"
         blocks.append(
             f'<div class="run" data-run="{ri}"><h4>{name}'
@@ -298,11 +308,7 @@ def _problem_html(i: int, runs: list[RunResult], by_id: list[dict[str, Any]], pi
             f'<span class="verdict {cls}">{"right" if vote.correct else "wrong"}</span> · '
             f"{sum(r.correct)}/{len(r.grades)} samples right</h4>{samples}</div>"
         )
-    statement = (
-        f'<details class="statement"><summary>problem</summary><div>{esc(p.problem)}</div></details>'
-        if p.problem
-        else ""
-    )
+    statement = f'<div class="statement">{esc(p.problem)}</div>' if p.problem else ""
     return (
         f'<section class="problem" id="p{i}" data-id="{esc(pid)}">'
         f'<h3><span class="pid">{esc(pid)}</span> target <code>{esc(p.target)}</code> '
@@ -310,12 +316,22 @@ def _problem_html(i: int, runs: list[RunResult], by_id: list[dict[str, Any]], pi
     )
 
 
-def render_html(runs: list[RunResult], paired: dict[str, Any] | None = None) -> str:
-    """The whole page for `runs` (one or several evaluated files)."""
+def render_html(
+    runs: list[RunResult], paired: dict[str, Any] | None = None, max_samples: int | None = None
+) -> str:
+    """The whole page for `runs` (one or several evaluated files); `max_samples`: traces drawn per
+    problem and run (the first ones; None: all). Votes and verdicts always use every sample."""
     shown = arms_mod.ordered(runs)
     by_id = [{r.problem.id: r for r in run.results} for run in shown]
     ids = list(dict.fromkeys(pid for m in by_id for pid in m))
-    problems = "".join(_problem_html(i, shown, by_id, pid) for i, pid in enumerate(ids))
+    problems = "".join(_problem_html(i, shown, by_id, pid, max_samples) for i, pid in enumerate(ids))
+    k = max((len(r.grades) for run in shown for r in run.results), default=0)
+    cap = (
+        f'<p class="note">Traces drawn: the first {max_samples} of {k} samples per problem and run '
+        "(html_samples); filters and counts apply to those.</p>"
+        if max_samples is not None and k > max_samples
+        else ""
+    )
     buttons = "".join(
         f'<label><input type="radio" name="filter" value="{key}"{" checked" * (key == "all")}> {esc(title)}</label>'
         for key, title in FILTERS.items()
@@ -331,7 +347,7 @@ def render_html(runs: list[RunResult], paired: dict[str, Any] | None = None) -> 
         f"<title>DeepMath traces: {esc(', '.join(run.label for run in shown))}</title>"
         f"<style>{_CSS}</style></head><body>"
         f"<header><h1>DeepMath evaluation</h1><p class='files'>{files}</p></header>"
-        f'<section id="top">{_summary_html(shown, paired)}</section>'
+        f'<section id="top">{_summary_html(shown, paired)}{cap}</section>'
         f'<nav id="controls"><span class="filters">{buttons}</span>{run_select}'
         '<input id="q" type="search" placeholder="search problems, answers, traces" size="32">'
         '<label><input type="checkbox" id="open"> expand shown</label>'
@@ -342,7 +358,7 @@ def render_html(runs: list[RunResult], paired: dict[str, Any] | None = None) -> 
 
 
 _CSS = """
-:root{--ok:#1a7f37;--bad:#cf222e;--warn:#bc4c00;--muted:#57606a;--line:#d0d7de}
+:root{--ok:#1a7f37;--accent:#0969da;--bad:#cf222e;--warn:#bc4c00;--muted:#57606a;--line:#d0d7de}
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;margin:0;color:#1f2328;background:#f6f8fa}
 header,#top,main{max-width:1200px;margin:0 auto;padding:0 16px}
 h1{font-size:20px;margin:14px 0 2px}h2{font-size:15px;margin:14px 0 6px}
@@ -353,7 +369,11 @@ th:first-child,td:first-child{text-align:left}th{background:#eaeef2}
 #top{overflow-x:auto}.note{color:var(--muted);font-size:12px;margin:2px 0 8px}
 #controls{position:sticky;top:0;z-index:2;background:#fff;border-bottom:1px solid var(--line);
  padding:8px 16px;display:flex;gap:12px;align-items:center;flex-wrap:wrap;margin-top:10px}
-#controls label{cursor:pointer;white-space:nowrap}#count{color:var(--muted);margin-left:auto}
+#controls label{cursor:pointer;white-space:nowrap}
+.filters{display:flex;gap:4px}.filters input{position:absolute;opacity:0;pointer-events:none}
+.filters label{border:1px solid var(--line);border-radius:12px;padding:2px 10px;font-size:13px}
+.filters label:has(input:checked){background:var(--accent);border-color:var(--accent);color:#fff}
+.filters label:has(input:focus-visible){outline:2px solid var(--accent);outline-offset:1px}#count{color:var(--muted);margin-left:auto}
 #q{padding:3px 6px}
 .problem{background:#fff;border:1px solid var(--line);border-radius:6px;margin:12px 0;padding:6px 12px}
 .problem h3{font-size:14px;margin:4px 0}.pid{color:var(--muted);margin-right:6px}
@@ -367,7 +387,7 @@ details.sample.right{border-left-color:var(--ok)}details.sample.wrong{border-lef
 details.sample>summary{cursor:pointer}.idx{color:var(--muted)}
 .counts span{color:var(--muted);font-size:12px;margin-left:10px}.counts .warn,.warn{color:var(--warn);font-weight:600}
 code{background:#eff1f3;border-radius:4px;padding:0 4px;font-size:12px}
-.statement div{white-space:pre-wrap;padding:4px 0}
+.statement{white-space:pre-wrap;padding:2px 0 4px;color:#24292f}
 .trace{margin:6px 0 8px}.seg{margin:4px 0;border-radius:5px}
 .seg.model{white-space:pre-wrap;word-wrap:break-word;padding:2px 0}
 .seg pre{margin:0;padding:6px 10px;white-space:pre-wrap;word-wrap:break-word;font:12px/1.4 ui-monospace,Menlo,Consolas,monospace}
