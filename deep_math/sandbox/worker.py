@@ -10,6 +10,10 @@ the layers it got, then executes snippets received over its socket until EOF. Ea
   huge print costs neither worker memory nor pipe bandwidth;
 - ends with the repr of a final bare expression, as in a notebook.
 
+A failure of this harness itself (the checker or compiler breaking, capture or error formatting
+raising) is not the snippet's: it is replied as a sandbox error (`sandbox_error` set, an error
+text saying so) and the worker keeps serving.
+
 The parent's watchdog owns the timeout: this process never decides to stop itself.
 """
 
