@@ -35,13 +35,18 @@ def main(cfg: DictConfig) -> None:
     runs = run_evaluation(config)
     print_summary(runs)
     for run in runs:
-        print(f"{run.label}: {run.outputs['results']}, {run.outputs['per_example']}")
+        extra = f", {run.outputs['budget_plot']}" if "budget_plot" in run.outputs else ""
+        print(f"{run.label}: {run.outputs['results']}, {run.outputs['per_example']}{extra}")
     if len(runs) > 1:
         print(open(runs[0].outputs["comparison"], encoding="utf-8").read())
         print(
             f"comparison: {runs[0].outputs['comparison']}"
             + (f", plot: {runs[0].outputs['plot']}" if "plot" in runs[0].outputs else "")
-            + (f", budget: {runs[0].outputs['budget_plot']}" if "budget_plot" in runs[0].outputs else "")
+            + (
+                f", budget: {runs[0].outputs['comparison_budget_plot']}"
+                if "comparison_budget_plot" in runs[0].outputs
+                else ""
+            )
         )
     if "html" in runs[0].outputs:
         print(f"trace viewer: {runs[0].outputs['html']} (open it in a browser; no server needed)")

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import yaml
 
-from deep_math.evaluation.arms import arm_of_meta, compare_pair, paired_bootstrap
+from deep_math.evaluation.arms import arm_of_meta, arm_of_problems, compare_pair, paired_bootstrap
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -38,6 +38,17 @@ META = {
 )
 def test_arm_of_meta(meta, arm):
     assert arm_of_meta(meta) == arm
+
+
+def test_file_with_mixed_arms_has_none(caplog):
+    from deep_math.evaluation.records import Problem, Sample
+
+    def problem(meta):
+        return Problem(0, 1, "p", "1", [Sample("x")], meta)
+
+    assert arm_of_problems([problem(META["no_tool"]), problem(META["no_tool"])]) == "no_tool"
+    assert arm_of_problems([problem(META["no_tool"]), problem(META["tool_trained"])], "f.jsonl") is None
+    assert "disagree" in caplog.text
 
 
 def test_paired_interval_is_seeded_and_pairing_narrows_it():

@@ -263,7 +263,7 @@ def write_comparison(
         if with_budget:
             budget_png = md_path.with_name(f"{md_path.stem}-budget.png")
             budget.plot_curves(with_budget, budget_png)
-            out["budget_plot"] = str(budget_png)
+            out["comparison_budget_plot"] = str(budget_png)
     for run in runs:
         run.outputs.update(out)
     return out
