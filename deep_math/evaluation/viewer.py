@@ -4,7 +4,9 @@ Works from a file:// URL with no server and no network: the CSS and the few line
 are inline, nothing is fetched. Every piece of record text (problems, targets, answers, traces,
 labels, file names) is HTML-escaped before it is written, and no record text is ever placed
 inside the <script> element, so a trace holding `</script>` or `<img onerror=...>` is shown as
-text. The page is rendered here in Python; the script only hides and shows.
+text. The page is rendered here in Python; the script only hides and shows. As a second line of
+defence a Content-Security-Policy allows nothing to load and only the viewer's own script (by
+its hash) to run.
 
 Layout: the run summary (the comparison table; with several runs the arms' flips and paired
 intervals), the accuracy-against-budget table, then per problem its target, each run's majority
@@ -21,6 +23,8 @@ shown traces), so a filtered view can be linked or opened headless.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import html
 import re
 from typing import TYPE_CHECKING, Any
@@ -341,8 +345,11 @@ def render_html(
         options = "".join(f'<option value="{i}">{esc(run.label)}</option>' for i, run in enumerate(shown))
         run_select = f'<select id="run" title="run"><option value="all">all runs</option>{options}</select>'
     files = ", ".join(esc(run.path) for run in shown)
+    script_hash = base64.b64encode(hashlib.sha256(_JS.encode()).digest()).decode()
+    csp = f"default-src 'none'; style-src 'unsafe-inline'; script-src 'sha256-{script_hash}'"
     return (
         "<!doctype html>\n<html lang='en'><head><meta charset='utf-8'>"
+        f"<meta http-equiv='Content-Security-Policy' content=\"{csp}\">"
         "<meta name='viewport' content='width=device-width, initial-scale=1'>"
         f"<title>DeepMath traces: {esc(', '.join(run.label for run in shown))}</title>"
         f"<style>{_CSS}</style></head><body>"
