@@ -32,6 +32,8 @@ META = {
         (META["tool_trained"], "tool_trained"),
         ({"agent": False, "lora_path": "a"}, "no_tool_trained"),
         ({**META["no_tool"], "arm": "tool_trained"}, "tool_trained"),  # explicit arm wins
+        ({"arm": "Tool trained"}, "tool_trained"),
+        ({"arm": "python-sandbox v2"}, "python-sandbox v2"),  # a custom arm, as written
         ({"model": "m"}, None),  # no agent key: cannot tell
         ({}, None),
     ],

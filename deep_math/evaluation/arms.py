@@ -2,7 +2,8 @@
 
 Offering a tool can lower accuracy, so every comparison needs the arm without it. A run's arm
 comes from its records' `meta` (never from file names):
-- `meta["arm"]`, when present, is taken as written;
+- `meta["arm"]`, when present, is taken as written (`"tool trained"` / `"Tool-Trained"` read as
+  the canonical `tool_trained`);
 - else `meta["agent"]` false -> `no_tool` (the baseline prompt; `no_tool_trained` if an adapter
   `meta["lora_path"]` is set), `agent` true without an adapter -> `tool_available`, with an adapter
   -> `tool_trained`;
@@ -23,6 +24,7 @@ problem's score:
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from itertools import combinations
 from typing import TYPE_CHECKING, Any
@@ -48,7 +50,8 @@ ARMS = {
 def arm_of_meta(meta: dict[str, Any]) -> str | None:
     """The arm of one record's meta (see the module docstring), None when it cannot be told."""
     if meta.get("arm"):
-        return str(meta["arm"])
+        canonical = re.sub(r"[\s-]+", "_", str(meta["arm"]).strip().lower())
+        return canonical if canonical in ARMS else str(meta["arm"])
     if "agent" not in meta or meta["agent"] is None:
         return None
     adapter = bool(meta.get("lora_path"))
