@@ -72,8 +72,8 @@ Give the final answer, simplified, in \\boxed{{}} at the end."""
 BASELINE_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
 
 MINI_INSTRUCTION = (
-    f"Solve the math problem. Compute with a short Python snippet between {TOOL_OPEN} and {TOOL_CLOSE}; "
-    "what it prints is shown after it in an ```output block. Then give the final answer in \\boxed{}."
+    f"Compute with Python between {TOOL_OPEN} and {TOOL_CLOSE}; its output follows in an ```output block. "
+    "Put the final answer in \\boxed{}."
 )
 
 EXAMPLES_HEADER = "Solved examples (separated by lines `---`):"
