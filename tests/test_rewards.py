@@ -72,7 +72,7 @@ def test_build_rewards_defaults_and_order():
     [
         (
             {"acuracy": 1.0},
-            r"Unknown reward 'acuracy'\. Did you mean 'accuracy'\? Available: \['accuracy', 'code_use'\]",
+            r"Unknown reward 'acuracy'\. Did you mean 'accuracy'\? Available: \['accuracy', 'code_use', 'code_use_gated'\]",
         ),
         ({}, "rewards is empty"),
         ({"accuracy": "high"}, "must be a number"),

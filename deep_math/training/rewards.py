@@ -13,6 +13,8 @@ scored as wrong answers.
   timeout, no sandbox failure), else 0.0. Reads the `tool_calls` / `tool_errors` /
   `tool_timeouts` / `sandbox_errors` columns that the rollout adds; without them (a plain
   generation) it is 0.0.
+- `code_use_gated`: 1.0 when the trace ran a snippet successfully and its answer is correct, else
+  0.0 (the Mini-DeepMath variant: code use never pays for a wrong answer).
 
 The paper's weights are accuracy 0.1, code_use 1.0 (`DEFAULT_REWARD_WEIGHTS`).
 
@@ -110,7 +112,24 @@ def code_use(
     return rewards
 
 
-REWARDS: dict[str, RewardFunc] = {"accuracy": accuracy, "code_use": code_use}
+def code_use_gated(completions: Sequence[Any], **kwargs: Any) -> list[float | None]:
+    """1.0 only if the trace ran a snippet successfully AND its answer is correct (None: failed trace).
+
+    With the paper's weights (accuracy 0.1, code_use 1.0) a wrong answer with code (1.0) outranks a
+    right answer without code (0.1); in a group where every trace runs code, code_use is constant
+    and the advantage comes from accuracy alone, but between code and no code the tool dominates.
+    Gating code use on correctness keeps the push toward the tool (a correct answer with code earns
+    more than one without) while never paying for code that did not lead to the right answer."""
+    used = code_use(completions, **kwargs)
+    right = accuracy(completions, **kwargs)
+    return [None if u is None or r is None else u * r for u, r in zip(used, right, strict=True)]
+
+
+REWARDS: dict[str, RewardFunc] = {
+    "accuracy": accuracy,
+    "code_use": code_use,
+    "code_use_gated": code_use_gated,
+}
 
 
 def get_reward(name: str) -> RewardFunc:
