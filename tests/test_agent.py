@@ -216,3 +216,56 @@ def test_runner_passes_the_degraded_network_opt_in_to_its_sandbox(tokenizer, mon
     runner = AgentRunner(ScriptedEngine(tokenizer, []), AgentConfig(allow_degraded_network=allow))
     assert made["allow_degraded_network"] is allow
     runner.close()
+
+
+def run_capped(tokenizer, sandbox, script, cap, **cfg):
+    engine = RecordingEngine(ScriptedEngine(tokenizer, script))
+    runner = AgentRunner(engine, AgentConfig(**cfg), sandbox=sandbox, max_new_tokens=cap)
+    prompt = tokenizer.encode("Problem: what is 6*7?")
+    return runner.run_one(prompt, SamplingParams(temperature=0.0)), engine, prompt
+
+
+def test_a_step_cut_at_the_per_step_cap_continues_in_the_same_turn(tokenizer, sandbox):
+    # Every scripted reply without a stop or EOS ends as "length": each call hits the per-step cap.
+    script = [
+        "Let me think",
+        " step by step. <tool_call>\nx = 6",  # the tool call spans two generation calls
+        " * 7\nprint(x)\n</tool_call>",
+        " So the answer",
+        " is \\boxed{42}.",
+    ]
+    trace, engine, prompt = run_capped(tokenizer, sandbox, script, cap=40, max_agent_output=1000)
+    assert trace.finish_reason == "answer"
+    assert (trace.tool_calls, trace.tool_errors, trace.steps) == (1, 0, 5)
+    assert "</tool_call>\n```output\n42\n```\n So the answer is \\boxed{42}." in trace.text
+    obs = tokenizer.encode("\n```output\n42\n```\n", add_special_tokens=False)
+    pieces = [(r.token_ids, 1) for r in engine.results[:3]] + [(obs, 0)]
+    pieces += [(r.token_ids, 1) for r in engine.results[3:]]
+    assert trace.completion_ids == [t for ids, _ in pieces for t in ids]
+    assert trace.env_mask == [m for ids, m in pieces for _ in ids]
+    # each call continues token-exactly and gets min(remaining budget, per-step cap)
+    for req in engine.inner.requests:
+        done = len(req.prompt_ids) - len(prompt)
+        assert req.prompt_ids == prompt + trace.completion_ids[:done]
+        assert req.sampling.max_tokens == min(1000 - done, 40)
+
+
+def test_continuations_do_not_count_against_max_steps(tokenizer, sandbox):
+    script = ["a", " b " + CALL.format(code="print(1)"), "c", " d", " e " + CALL.format(code="print(2)")]
+    trace, engine, _ = run_capped(tokenizer, sandbox, script, cap=40, max_steps=1)
+    assert trace.finish_reason == "max_steps"
+    assert trace.tool_calls == 1 and len(engine.results) == 5
+    assert "```output\n1\n```" in trace.text and "```output\n2\n```" not in trace.text
+
+
+def test_the_budget_still_ends_a_trace_that_keeps_hitting_the_step_cap(tokenizer, sandbox):
+    trace, engine, _ = run_capped(tokenizer, sandbox, lambda req, i: "word " * 50, cap=7, max_agent_output=30)
+    assert trace.finish_reason == "budget" and len(trace.completion_ids) == 30
+    assert [r.sampling.max_tokens for r in engine.inner.requests] == [7, 7, 7, 7, 2]
+
+
+def test_baseline_and_agent_get_the_same_total_budget(tokenizer):
+    engine = ScriptedEngine(tokenizer, ["\\boxed{5}"])
+    runner = AgentRunner(engine, AgentConfig(max_agent_output=5000), use_agent=False, max_new_tokens=3000)
+    runner.run_one([1, 2], SamplingParams(max_tokens=3000))
+    assert engine.requests[0].sampling.max_tokens == 5000

@@ -149,3 +149,13 @@ def test_hydra_cli_accepts_the_paper_overrides_and_rejects_typos(tmp_path):
     )
     assert bad.returncode != 0
     assert "max_step" in bad.stderr and "Did you mean 'max_steps'" in bad.stderr
+
+
+def test_meta_records_each_arms_budget_and_both_arms_get_the_same_total():
+    from deep_math.inference.config import ModelConfig
+    from deep_math.inference.run import build_meta
+
+    agent = build_meta(InferenceConfig(model=ModelConfig(math_agent=True, max_agent_output=5000)))
+    baseline = build_meta(InferenceConfig(model=ModelConfig(math_agent=False, max_agent_output=5000)))
+    assert agent["budget"]["total_tokens"] == baseline["budget"]["total_tokens"] == 5000
+    assert agent["budget"]["tokens_per_call"] == 3000 and baseline["budget"]["tokens_per_call"] is None

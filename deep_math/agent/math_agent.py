@@ -1,17 +1,22 @@
 """MathAgent: the DeepMath inline tool-call loop on top of smolagents' CodeAgent.
 
 One agent solves one trace. Semantics (the paper's format):
-- The model generates inside its own assistant turn until `</tool_call>` (kept), EOS, or its
-  token budget. Each generation call is one smolagents step.
+- A step is the model's text up to `</tool_call>` (kept), EOS, or the trace's token budget,
+  generated inside its own assistant turn. A step may take several generation calls: a call that
+  stops at the per-step cap (`max_new_tokens`) while the trace's budget has room is continued in
+  the same turn, token-exact (the next call's prompt is the previous prompt plus every id
+  generated so far). Such a continuation is part of the same step: it is not a tool round and
+  does not count against `max_steps`. `Trace.steps` counts generation calls, continuations
+  included.
 - The code between `<tool_call>` and `</tool_call>` runs in the trace's sandbox session; the
   result is appended as "```output\\n...\\n```" tokens and generation continues in the same turn
   (no new chat turn, no "Observation:" prefix).
 - A step whose text (outside its tool call) contains `\\boxed` ends the trace ("answer").
 - `max_steps` caps tool rounds: after `max_steps` executed snippets the model gets one more
-  generation; a tool call there is not executed and the trace ends with "max_steps".
+  step; a tool call there is not executed and the trace ends with "max_steps".
 - `max_agent_output` caps the trace's generated tokens, model and observation tokens together:
-  each step's max_tokens is the remainder (and at most `max_new_tokens`); an observation that
-  does not fit is cut to the remainder and the trace ends with "budget".
+  each generation call's max_tokens is min(remaining budget, `max_new_tokens`); an observation
+  that does not fit is cut to the remainder and the trace ends with "budget".
 - Token ids are kept exactly: completion_ids = model ids + tokenized observations, env_mask
   1/0, logprobs from the engine and 0.0 on observation tokens.
 """
@@ -109,29 +114,20 @@ class MathAgent(CodeAgent):
     # --- smolagents hooks -------------------------------------------------------------------
     def _step_stream(self, memory_step):
         trace = self.trace
-        remaining = self.config.max_agent_output - len(trace.completion_ids)
-        if remaining <= 0:
+        if self.config.max_agent_output - len(trace.completion_ids) <= 0:
             trace.finish_reason = "budget"
             yield ActionOutput(output=None, is_final_answer=True)
             return
-        result = self.model.generate_ids(
-            trace.prompt_ids + trace.completion_ids,
-            max_tokens=min(remaining, self.max_new_tokens),
-            stop=[TOOL_CLOSE],
-            step=trace.steps,
-        )
-        trace.steps += 1
-        self._append(result.token_ids, result.logprobs, model=True)
-        memory_step.model_output = result.text
+        step_ids, finish = self._generate_step()
+        text = self.tokenizer.decode(step_ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        memory_step.model_output = text
 
-        before_call, code = (
-            split_tool_call(result.text) if result.finish_reason == "stop" else (result.text, None)
-        )
+        before_call, code = split_tool_call(text) if finish == "stop" else (text, None)
         if has_answer(before_call):
             trace.finish_reason = "answer"
-        elif result.finish_reason == "eos":
+        elif finish == "eos":
             trace.finish_reason = "eos"
-        elif result.finish_reason == "length":
+        elif finish == "length":
             trace.finish_reason = "budget"
         elif trace.tool_calls >= self.config.max_steps:
             trace.finish_reason = "max_steps"
@@ -140,6 +136,29 @@ class MathAgent(CodeAgent):
             yield ActionOutput(output=None, is_final_answer=trace.finish_reason == "budget")
             return
         yield ActionOutput(output=None, is_final_answer=True)
+
+    def _generate_step(self) -> tuple[list[int], str]:
+        """Generate one step (see the module docstring): the step's model ids and how it ended,
+        "stop" (at `</tool_call>`), "eos" or "length" (the trace's budget ran out)."""
+        trace = self.trace
+        step_ids: list[int] = []
+        while True:
+            remaining = self.config.max_agent_output - len(trace.completion_ids)
+            if remaining <= 0:
+                return step_ids, "length"
+            max_tokens = min(remaining, self.max_new_tokens)
+            result = self.model.generate_ids(
+                trace.prompt_ids + trace.completion_ids,
+                max_tokens=max_tokens,
+                stop=[TOOL_CLOSE],
+                step=trace.steps,
+            )
+            trace.steps += 1
+            self._append(result.token_ids, result.logprobs, model=True)
+            step_ids += result.token_ids
+            at_step_cap = result.finish_reason == "length" and max_tokens < remaining
+            if not at_step_cap or not result.token_ids or has_answer(result.text):
+                return step_ids, result.finish_reason
 
     def _handle_max_steps_reached(self, task: str) -> Any:
         # smolagents would ask the model for a final answer in a new chat turn; DeepMath ends.

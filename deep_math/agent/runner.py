@@ -30,6 +30,10 @@ class AgentRunner:
     The runner owns a `Sandbox` it creates itself (unless one is passed in) and closes it in
     `close()`. `run` returns traces in the order of the prompts and never raises for a single
     trace's failure: that trace has finish_reason "error".
+
+    Budget: both modes get the same total, `config.max_agent_output` generated tokens per trace.
+    max_new_tokens caps one generation call of the agent (a call that reaches it is continued in
+    the same turn, see `MathAgent`); the baseline is one generation of the whole budget.
     """
 
     def __init__(
@@ -73,8 +77,7 @@ class AgentRunner:
 
     def _run_plain(self, prompt_ids: list[int], sampling: SamplingParams, lora_path: str | None) -> Trace:
         trace = Trace(prompt_ids=list(prompt_ids))
-        max_tokens = min(self.max_new_tokens or self.config.max_agent_output, self.config.max_agent_output)
-        params = replace(sampling, max_tokens=max_tokens, stop=[])
+        params = replace(sampling, max_tokens=self.config.max_agent_output, stop=[])
         try:
             (result,) = self.engine.generate([GenRequest(list(prompt_ids), params, lora_path)])
         except Exception as exc:  # noqa: BLE001

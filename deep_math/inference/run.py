@@ -50,6 +50,11 @@ def build_meta(cfg: InferenceConfig) -> dict:
         "samples": m.sampling,
         "max_steps": m.max_steps,
         "max_agent_output": m.max_agent_output,
+        # What this arm could generate per trace: the same total for baseline and agent.
+        "budget": {
+            "total_tokens": m.max_agent_output,
+            "tokens_per_call": min(m.generation.max_new_tokens, m.max_agent_output) if m.math_agent else None,
+        },
         "sampling": asdict(m.generation),
         "dataset": cfg.hf_tag or "sample",
     }
