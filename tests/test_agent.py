@@ -269,3 +269,14 @@ def test_baseline_and_agent_get_the_same_total_budget(tokenizer):
     runner = AgentRunner(engine, AgentConfig(max_agent_output=5000), use_agent=False, max_new_tokens=3000)
     runner.run_one([1, 2], SamplingParams(max_tokens=3000))
     assert engine.requests[0].sampling.max_tokens == 5000
+
+
+def test_a_stop_tag_ending_mid_token_still_runs_the_code(tokenizer, sandbox):
+    # SmolLM2 tokenizes "</tool_call>." as [..., "call", ">."]: the stop match ends inside ">."
+    script = ["Check: <tool_call>\nprint(6 * 7)\n</tool_call>. Then more", " so \\boxed{42}"]
+    trace, engine = run_one(tokenizer, sandbox, script)
+    first = engine.results[0]
+    assert first.text.endswith("</tool_call>.")  # the case under test
+    assert (trace.tool_calls, trace.tool_errors) == (1, 0)
+    assert "</tool_call>.\n```output\n42\n```\n" in trace.text
+    assert trace.completion_ids[: len(first.token_ids)] == first.token_ids  # ids as generated

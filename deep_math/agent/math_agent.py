@@ -53,12 +53,16 @@ def _prompt_templates() -> dict:
 
 
 def split_tool_call(step_text: str) -> tuple[str, str | None]:
-    """(text before the last `<tool_call>`, the code inside it) for a step that ended at
-    `</tool_call>`; code is None when the step has no opening tag."""
-    body = step_text[: -len(TOOL_CLOSE)] if step_text.endswith(TOOL_CLOSE) else step_text
+    """(text before the `<tool_call>` that the step's `</tool_call>` closes, the code between
+    them); code is None when the step has no opening tag.
+
+    The step ends at its first `</tool_call>`. The token that completed the tag may carry more
+    characters (`>.`, `>\\n\\n`): they stay in the step's ids and text, but are not code."""
+    end = step_text.find(TOOL_CLOSE)
+    body = step_text[:end] if end >= 0 else step_text
     start = body.rfind(TOOL_OPEN)
     if start < 0:
-        return step_text, None
+        return body, None
     return body[:start], body[start + len(TOOL_OPEN) :].strip("\n")
 
 
