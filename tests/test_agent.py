@@ -280,3 +280,39 @@ def test_a_stop_tag_ending_mid_token_still_runs_the_code(tokenizer, sandbox):
     assert (trace.tool_calls, trace.tool_errors) == (1, 0)
     assert "</tool_call>.\n```output\n42\n```\n" in trace.text
     assert trace.completion_ids[: len(first.token_ids)] == first.token_ids  # ids as generated
+
+
+@pytest.mark.parametrize(
+    "script, cfg, finish",
+    [
+        # ran into the trace's budget after drafting a box: truncated
+        (
+            ["Maybe \\boxed{3}? Let me check that again with more words " * 5],
+            {"max_agent_output": 20},
+            "budget",
+        ),
+        # cut by the budget inside an unclosed box
+        (["So the result is \\boxed{\\frac{1}{" + "2" * 200], {"max_agent_output": 20}, "budget"),
+        # an unclosed tool call that mentions \boxed, ended by EOS
+        (["<tool_call>\nprint('\\\\boxed{1}')" + "<|im_end|>"], {}, "eos"),
+        # an unclosed box ended by EOS
+        (["The answer is \\boxed{12<|im_end|>"], {}, "eos"),
+        # a complete box before EOS is an answer
+        (["The answer is \\boxed{12}.<|im_end|>"], {}, "answer"),
+    ],
+)
+def test_answer_only_for_a_complete_box_outside_tool_code(tokenizer, sandbox, script, cfg, finish):
+    trace, _ = run_one(tokenizer, sandbox, script, **cfg)
+    assert trace.finish_reason == finish
+
+
+def test_a_box_printed_by_a_snippet_does_not_end_the_trace(tokenizer, sandbox):
+    script = [CALL.format(code="print('\\\\boxed{1}')"), " Hmm, that is not it.<|im_end|>"]
+    trace, _ = run_one(tokenizer, sandbox, script)
+    assert trace.finish_reason == "eos" and trace.tool_calls == 1
+
+
+def test_baseline_cut_by_the_budget_is_not_an_answer(tokenizer):
+    engine = ScriptedEngine(tokenizer, ["Draft \\boxed{5} but wait, " + "more " * 50])
+    runner = AgentRunner(engine, AgentConfig(max_agent_output=20), use_agent=False)
+    assert runner.run_one([1, 2], SamplingParams()).finish_reason == "budget"

@@ -11,7 +11,8 @@ One agent solves one trace. Semantics (the paper's format):
 - The code between `<tool_call>` and `</tool_call>` runs in the trace's sandbox session; the
   result is appended as "```output\\n...\\n```" tokens and generation continues in the same turn
   (no new chat turn, no "Observation:" prefix).
-- A step whose text (outside its tool call) contains `\\boxed` ends the trace ("answer").
+- A step whose text (outside its tool call) holds a complete `\\boxed{...}` ends the trace
+  ("answer"); a step cut by the trace's budget is "budget" even after a drafted box.
 - `max_steps` caps tool rounds: after `max_steps` executed snippets the model gets one more
   step; a tool call there is not executed and the trace ends with "max_steps".
 - `max_agent_output` caps the trace's generated tokens, model and observation tokens together:
@@ -36,10 +37,9 @@ from deep_math.agent.config import TOOL_CLOSE, TOOL_OPEN, AgentConfig
 from deep_math.agent.executor import SandboxExecutor, format_observation
 from deep_math.agent.model import EngineModel
 from deep_math.agent.trace import Trace
+from deep_math.evaluation.extract import last_boxed_span, model_text_mask
 
 log = logging.getLogger(__name__)
-
-BOXED_MARKERS = ("\\boxed", "\\fbox")
 
 
 @lru_cache(maxsize=1)
@@ -67,7 +67,10 @@ def split_tool_call(step_text: str) -> tuple[str, str | None]:
 
 
 def has_answer(text: str) -> bool:
-    return any(marker in text for marker in BOXED_MARKERS)
+    """Whether the model's own `text` holds a complete answer box: `\\boxed{...}` with its braces
+    closed (or `\\boxed 5`), outside `<tool_call>` code (closed or not) and fenced tool output."""
+    found = last_boxed_span(model_text_mask(text))
+    return found is not None and bool(found[0])
 
 
 class MathAgent(CodeAgent):
@@ -127,12 +130,12 @@ class MathAgent(CodeAgent):
         memory_step.model_output = text
 
         before_call, code = split_tool_call(text) if finish == "stop" else (text, None)
-        if has_answer(before_call):
+        if finish == "length":  # cut by the trace's budget: truncated, even after a drafted box
+            trace.finish_reason = "budget"
+        elif has_answer(before_call):
             trace.finish_reason = "answer"
         elif finish == "eos":
             trace.finish_reason = "eos"
-        elif finish == "length":
-            trace.finish_reason = "budget"
         elif trace.tool_calls >= self.config.max_steps:
             trace.finish_reason = "max_steps"
         else:
@@ -143,13 +146,12 @@ class MathAgent(CodeAgent):
 
     def _generate_step(self) -> tuple[list[int], str]:
         """Generate one step (see the module docstring): the step's model ids and how it ended,
-        "stop" (at `</tool_call>`), "eos" or "length" (the trace's budget ran out)."""
+        "stop" (at `</tool_call>`), "eos", "length" (the trace's budget ran out) or "answer" (at
+        the per-step cap, with a complete box in the step: the trace ends there, not continued)."""
         trace = self.trace
         step_ids: list[int] = []
         while True:
-            remaining = self.config.max_agent_output - len(trace.completion_ids)
-            if remaining <= 0:
-                return step_ids, "length"
+            remaining = self.config.max_agent_output - len(trace.completion_ids)  # > 0 here
             max_tokens = min(remaining, self.max_new_tokens)
             result = self.model.generate_ids(
                 trace.prompt_ids + trace.completion_ids,
@@ -160,9 +162,16 @@ class MathAgent(CodeAgent):
             trace.steps += 1
             self._append(result.token_ids, result.logprobs, model=True)
             step_ids += result.token_ids
-            at_step_cap = result.finish_reason == "length" and max_tokens < remaining
-            if not at_step_cap or not result.token_ids or has_answer(result.text):
+            if result.finish_reason != "length" or not result.token_ids:
                 return step_ids, result.finish_reason
+            if len(trace.completion_ids) >= self.config.max_agent_output:
+                return step_ids, "length"
+            # Stopped at the per-step cap (max_tokens < remaining): continue unless answered.
+            text = self.tokenizer.decode(
+                step_ids, skip_special_tokens=False, clean_up_tokenization_spaces=False
+            )
+            if has_answer(text):
+                return step_ids, "answer"
 
     def _handle_max_steps_reached(self, task: str) -> Any:
         # smolagents would ask the model for a final answer in a new chat turn; DeepMath ends.

@@ -89,7 +89,9 @@ class AgentRunner:
         trace.model_tokens = len(result.token_ids)
         trace.steps = 1
         trace.text = result.text
-        if has_answer(result.text):
+        if result.finish_reason == "length" and len(result.token_ids) >= params.max_tokens:
+            trace.finish_reason = "budget"  # truncated, even after a drafted box
+        elif has_answer(result.text):
             trace.finish_reason = "answer"
         else:
             trace.finish_reason = "budget" if result.finish_reason == "length" else "eos"
