@@ -1,0 +1,154 @@
+"""GRPO for Mini-DeepMath, starting from the cold-start SFT adapter.
+
+    python -m deep_math.training.mini_grpo                            # configs/mini_grpo.yaml
+    python -m deep_math.training.mini_grpo '~rewards' '+rewards={accuracy:0.1,code_use_gated:1.0}' \\
+        train.output_dir=outputs/mini/grpo-gated                       # the gated code reward
+
+The same trainer as `training.py` (`builders.build_trainer`: agentic rollouts with the current
+policy, env_mask, the paper's rewards, the temperature schedule), with two differences:
+- the policy is the SFT adapter (`init_adapter`), trained further, instead of a fresh LoRA;
+- the mean accuracy reward on a fixed dev set (`dev_eval`, greedy, one sample per problem) is
+  measured before and after training and written to `<output_dir>/dev_accuracy.json`, so the run
+  says whether GRPO helped.
+The schedule in configs/mini_grpo.yaml is scaled to the run (`temp_b_step: ${train.max_steps}`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from deep_math.config_utils import ConfigError, to_schema
+from deep_math.training.config import TrainingConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class MiniGRPOConfig(TrainingConfig):
+    """TrainingConfig + init_adapter: the peft adapter to continue (the SFT output; null = a
+    fresh LoRA from `lora`) + dev_eval: a `load_problems` source scored before and after
+    training (null = skip)."""
+
+    init_adapter: str | None = "outputs/mini/sft"
+    dev_eval: str | None = "mini:dev:24"
+
+
+def load_mini_grpo_config(cfg: Any) -> MiniGRPOConfig:
+    try:
+        return to_schema(cfg, MiniGRPOConfig)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(str(exc)) from exc
+
+
+def dev_accuracy(model: Any, tokenizer: Any, problems: list, cfg: TrainingConfig) -> dict[str, float]:
+    """Greedy agent traces of `model` on `problems`: mean accuracy reward, tool use, model tokens."""
+    from deep_math.agent.runner import AgentRunner
+    from deep_math.engines.base import SamplingParams
+    from deep_math.engines.transformers_engine import TransformersEngine
+    from deep_math.prompts import build_prompt_ids, load_examples
+    from deep_math.training.rewards import accuracy
+
+    examples = load_examples(cfg.prompt.examples)
+    prompts = [build_prompt_ids(tokenizer, p.problem, cfg.prompt.template, examples) for p in problems]
+    was_training = model.training
+    model.eval()
+    engine = TransformersEngine(model=model, tokenizer=tokenizer, max_batch_size=len(prompts))
+    try:
+        with AgentRunner(engine, cfg.agent) as runner:
+            traces = runner.run(
+                prompts, SamplingParams(temperature=0.0, max_tokens=cfg.agent.max_agent_output)
+            )
+    finally:
+        engine.close()
+        if was_training:
+            model.train()
+    rewards = accuracy([t.text for t in traces], answer=[p.answer for p in problems])
+    n = len(traces)
+    return {
+        "accuracy": sum(r or 0.0 for r in rewards) / n,
+        "used_tool": sum(t.used_tool_successfully for t in traces) / n,
+        "model_tokens": sum(t.model_tokens for t in traces) / n,
+        "n": n,
+    }
+
+
+def load_start_policy(cfg: MiniGRPOConfig) -> tuple[Any, Any, MiniGRPOConfig]:
+    """(model, tokenizer, cfg): the base model with the init adapter made trainable; cfg then has
+    lora disabled (the trainer must not wrap a second adapter around it)."""
+    from deep_math.training.builders import load_policy
+
+    model, tokenizer = load_policy(cfg)
+    if cfg.init_adapter is None:
+        return model, tokenizer, cfg
+    path = Path(cfg.init_adapter)
+    if not (path / "adapter_config.json").is_file():
+        raise FileNotFoundError(
+            f"init_adapter '{path}' holds no peft adapter; build it first with python -m deep_math.training.sft "
+            f"train.output_dir={path}, or set init_adapter=null to start from a fresh LoRA"
+        )
+    from peft import PeftModel
+
+    model = PeftModel.from_pretrained(model, str(path), is_trainable=True)
+    return model, tokenizer, replace(cfg, lora=replace(cfg.lora, enabled=False))
+
+
+def run_mini_grpo(cfg: MiniGRPOConfig) -> Path:
+    """Train, save the adapter + training report + dev_accuracy.json to train.output_dir."""
+    from deep_math.data import load_problems
+    from deep_math.training.builders import build_trainer, load_train_problems, write_report
+
+    out = Path(cfg.train.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    train, _ = load_train_problems(cfg)
+    dev = load_problems(cfg.dev_eval) if cfg.dev_eval else []
+    model, tokenizer, cfg = load_start_policy(cfg)
+    scores: dict[str, Any] = {
+        "dev_eval": cfg.dev_eval,
+        "init_adapter": cfg.init_adapter,
+        "rewards": cfg.rewards,
+    }
+    if dev:
+        scores["before"] = dev_accuracy(model, tokenizer, dev, cfg)
+        log.info("Dev before GRPO: %s", scores["before"])
+    trainer = build_trainer(cfg, train, model=model, tokenizer=tokenizer)
+    started = time.monotonic()
+    try:
+        trainer.train()
+    finally:
+        trainer.deep_math_rollout.close()
+    scores["train_seconds"] = round(time.monotonic() - started, 1)
+    trainer.save_model(str(out))
+    tokenizer.save_pretrained(str(out))
+    write_report(trainer.state.log_history, out)
+    if dev:
+        scores["after"] = dev_accuracy(trainer.model, tokenizer, dev, cfg)
+        log.info("Dev after GRPO: %s", scores["after"])
+    (out / "dev_accuracy.json").write_text(json.dumps(scores, indent=1))
+    return out
+
+
+def _main() -> None:
+    import hydra
+    from omegaconf import DictConfig
+
+    @hydra.main(config_path="../../configs", config_name="mini_grpo", version_base=None)
+    def main(raw: DictConfig) -> None:
+        try:
+            cfg = load_mini_grpo_config(raw)
+        except ConfigError as exc:
+            raise SystemExit(f"Config error: {exc}") from None
+        out = run_mini_grpo(cfg)
+        print(f"Saved the GRPO adapter to {out}; dev accuracy before/after in {out}/dev_accuracy.json")  # noqa: T201
+
+    main()
+
+
+if __name__ == "__main__":
+    _main()
