@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Every DeepMath workflow, in order. Run one section at a time:  bash example.sh cpu | server | gpu
+# Every DeepMath workflow, in order. Run one section at a time:  bash example.sh cpu | server | gpu | mini
 #   cpu:    train -> infer -> evaluate end to end on the embedded SmolLM2-135M (CPU, ~15 minutes)
 #   server: the paper's Figure 1 on CPU: agent server (transformers engine) + GRPO trainer talking to it
 #   gpu:    the paper's commands (Qwen3-4B-Thinking, CUDA GPUs, vLLM + DeepSpeed: pip install -e '.[gpu]')
+#   mini:   Mini-DeepMath, Table 1 in miniature on CPU: SFT cold start -> GRPO (paper's and gated code
+#           reward) -> four arms on the held-out test split and GSM8K rows
 set -euo pipefail
 cd "$(dirname "$0")"
 section=${1:-cpu}
@@ -54,4 +56,35 @@ if [[ $section == gpu ]]; then
   python evaluation.py generated_file=$out/math500-baseline.jsonl,$out/math500-agent.jsonl,$out/math500-agent-lora.jsonl
   # Sweeps on SLURM through Hydra's submitit launcher (pip install -e '.[slurm]'), one job per setting:
   #   python inference.py -m hydra/launcher=slurm model.generation.temperature=0.6,1.0 $common $agent
+fi
+
+if [[ $section == mini ]]; then
+  # Mini-DeepMath (deep_math/data/mini.py): problems where the embedded 135M model needs the tool.
+  out=outputs/mini
+  # 1. Cold-start SFT: the agent loop writes tool traces with the real sandbox output; LoRA on the
+  #    model's tokens only (the output block masked as in GRPO). -> $out/sft
+  python -m deep_math.training.sft train.output_dir=$out/sft
+  # 2. GRPO from the SFT adapter: the paper's rewards, then the gated code reward (code use pays only
+  #    with a correct answer). Dev accuracy before/after in each folder's dev_accuracy.json.
+  python -m deep_math.training.mini_grpo init_adapter=$out/sft train.output_dir=$out/grpo
+  python -m deep_math.training.mini_grpo init_adapter=$out/sft train.output_dir=$out/grpo-gated \
+    '~rewards' '+rewards={accuracy:0.1,code_use_gated:1.0}'
+  # 3. Four arms on the held-out test split (new phrasings included) and on GSM8K test rows.
+  agent="+model.math_agent=true +model.template=mini +model.examples=null +model.max_steps=2 +model.max_agent_output=128"
+  base="+model.math_agent=false +model.max_agent_output=192"
+  sets=(test:deep_math/data/mini_test.jsonl:60)
+  gsm8k=${GSM8K:-../shared/data/gsm8k_test.jsonl}
+  [[ -f $gsm8k ]] && sets+=(gsm8k:$gsm8k:${GSM8K_ROWS:-30})
+  for set in "${sets[@]}"; do
+    IFS=: read -r name file rows <<< "$set"
+    common="hf_tag=$file limit=$rows model.sampling=4 model.generation.max_new_tokens=192 overwrite=true"
+    python inference.py $common $base generated_file=$out/$name-baseline.jsonl
+    python inference.py $common $agent generated_file=$out/$name-agent.jsonl
+    python inference.py $common $agent model.lora_path=$out/sft generated_file=$out/$name-agent-sft.jsonl
+    python inference.py $common $agent model.lora_path=$out/grpo generated_file=$out/$name-agent-sft-grpo.jsonl
+    python inference.py $common $agent model.lora_path=$out/grpo-gated generated_file=$out/$name-agent-sft-grpo-gated.jsonl
+    # Table 1 in miniature: maj@4, pass@1, mean model tokens, tool calls per trace; table + plot.
+    python evaluation.py generated_file=$out/$name-baseline.jsonl,$out/$name-agent.jsonl,$out/$name-agent-sft.jsonl,$out/$name-agent-sft-grpo.jsonl,$out/$name-agent-sft-grpo-gated.jsonl \
+      comparison_file=$out/$name-comparison.md
+  done
 fi
