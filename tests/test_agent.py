@@ -316,3 +316,30 @@ def test_baseline_cut_by_the_budget_is_not_an_answer(tokenizer):
     engine = ScriptedEngine(tokenizer, ["Draft \\boxed{5} but wait, " + "more " * 50])
     runner = AgentRunner(engine, AgentConfig(max_agent_output=20), use_agent=False)
     assert runner.run_one([1, 2], SamplingParams()).finish_reason == "budget"
+
+
+class SecondEosEngine:
+    """Stops on a second EOS id (as Qwen3 stops on <|endoftext|> besides <|im_end|>)."""
+
+    name = "second-eos"
+
+    def __init__(self, tokenizer, text):
+        self.tokenizer, self.text = tokenizer, text
+
+    def generate(self, requests):
+        from deep_math.engines.base import GenResult
+
+        ids = self.tokenizer.encode(self.text, add_special_tokens=False) + [0]  # 0: <|endoftext|>
+        text = self.tokenizer.decode(ids[:-1])
+        return [GenResult(token_ids=ids, logprobs=[0.0] * len(ids), text=text, finish_reason="eos")]
+
+    def close(self):
+        pass
+
+
+@pytest.mark.parametrize("text, finish", [("I give up.", "eos"), ("It is \\boxed{4}.", "answer")])
+def test_text_drops_whichever_eos_id_the_engine_stopped_on(tokenizer, sandbox, text, finish):
+    runner = AgentRunner(SecondEosEngine(tokenizer, text), AgentConfig(), sandbox=sandbox)
+    trace = runner.run_one([1, 2], SamplingParams())
+    assert trace.finish_reason == finish
+    assert trace.completion_ids[-1] == 0 and trace.text == text

@@ -100,10 +100,12 @@ class MathAgent(CodeAgent):
         self.max_new_tokens = max_new_tokens or config.max_agent_output
         self.tokenizer = model.engine.tokenizer
         self.trace: Trace | None = None
+        self._ended_on_eos = False  # the last generation call stopped on an EOS id (kept last)
 
     # --- public API -------------------------------------------------------------------------
     def solve(self, prompt_ids: list[int], task: str = "") -> Trace:
         self.trace = Trace(prompt_ids=list(prompt_ids))
+        self._ended_on_eos = False
         try:
             self.run(task or "DeepMath trace", max_steps=self.config.max_steps + 1)
         except Exception as exc:  # noqa: BLE001 - any failure becomes this trace's typed error
@@ -111,8 +113,10 @@ class MathAgent(CodeAgent):
             self.trace.finish_reason = "error"
             self.trace.error = f"{type(exc).__name__}: {exc}"
         ids = self.trace.completion_ids
-        if self.trace.finish_reason == "eos" and ids and ids[-1] == self.tokenizer.eos_token_id:
-            ids = ids[:-1]  # as engines do: the EOS id stays in completion_ids, not in the text
+        if self._ended_on_eos:
+            # As engines do: the EOS id stays in completion_ids, not in the text. Whichever EOS id
+            # the engine stopped on (Qwen3 stops on <|im_end|> and <|endoftext|>).
+            ids = ids[:-1]
         self.trace.text = self.tokenizer.decode(
             ids, skip_special_tokens=False, clean_up_tokenization_spaces=False
         )
@@ -163,6 +167,7 @@ class MathAgent(CodeAgent):
             self._append(result.token_ids, result.logprobs, model=True)
             step_ids += result.token_ids
             if result.finish_reason != "length" or not result.token_ids:
+                self._ended_on_eos = result.finish_reason == "eos" and bool(result.token_ids)
                 return step_ids, result.finish_reason
             if len(trace.completion_ids) >= self.config.max_agent_output:
                 return step_ids, "length"
