@@ -343,3 +343,10 @@ def test_text_drops_whichever_eos_id_the_engine_stopped_on(tokenizer, sandbox, t
     trace = runner.run_one([1, 2], SamplingParams())
     assert trace.finish_reason == finish
     assert trace.completion_ids[-1] == 0 and trace.text == text
+
+
+def test_a_lone_surrogate_in_tool_output_is_replaced_not_fatal(tokenizer, sandbox):
+    script = [CALL.format(code="print('a\\ud800b')"), " \\boxed{1}"]
+    trace, _ = run_one(tokenizer, sandbox, script)
+    assert trace.error is None and trace.finish_reason == "answer"
+    assert "```output\na\ufffdb\n```" in trace.text

@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from smolagents.local_python_executor import CodeOutput, PythonExecutor
+
+# Lone surrogates (a snippet printing "\ud800") are not encodable text: a tokenizer refuses them.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def encodable(text: str) -> str:
+    """`text` with every character that has no UTF-8 encoding replaced by U+FFFD."""
+    return _SURROGATE.sub("\ufffd", text)
 
 
 def format_observation(result: Any) -> str:
@@ -13,7 +22,8 @@ def format_observation(result: Any) -> str:
     Printed output first, then the error text (a short traceback the model can act on), a
     timeout notice or a sandbox-failure notice (which says it is not the code's fault). A run
     that succeeded after its session's replay failed says which variables may be gone. An empty
-    run says so, so the model learns to print what it needs.
+    run says so, so the model learns to print what it needs. Characters that cannot be encoded
+    (lone surrogates) become U+FFFD.
     """
     parts = []
     if result.output:
@@ -24,7 +34,7 @@ def format_observation(result: Any) -> str:
         parts.append(result.error.rstrip("\n"))
     elif getattr(result, "replay_error", None):
         parts.append(f"Note: the session was restarted and the {result.replay_error}.")
-    body = "\n".join(parts) if parts else "(no output)"
+    body = encodable("\n".join(parts)) if parts else "(no output)"
     return f"\n```output\n{body}\n```\n"
 
 
