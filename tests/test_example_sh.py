@@ -38,7 +38,7 @@ def invocations(section: str, tmp_path: Path) -> list[list[str]]:
     return [json.loads(line) for line in record.read_text().splitlines()]
 
 
-@pytest.mark.parametrize("section", ["cpu", "server", "gpu"])
+@pytest.mark.parametrize("section", ["cpu", "server", "gpu", "vllm-cpu"])
 def test_every_command_of_example_sh_is_valid(section, tmp_path):
     calls = invocations(section, tmp_path)
     scripts = [entry_point(argv) for argv in calls]

@@ -17,7 +17,7 @@ from deep_math.engines.base import Engine, EngineError, GenRequest, GenResult, S
 
 ENGINES: dict[str, str] = {
     "transformers": "deep_math.engines.transformers_engine:TransformersEngine",
-    "vllm": "deep_math.engines.vllm_engine:VLLMEngine",
+    "vllm": "deep_math.engines.vllm:VLLMEngine",
     "server": "deep_math.engines.server_engine:ServerEngine",
     "scripted": "deep_math.engines.scripted:ScriptedEngine",
 }

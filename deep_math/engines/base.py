@@ -14,7 +14,7 @@ Nobody re-encodes `text` to get ids back.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 FinishReason = Literal["stop", "eos", "length"]
 
@@ -84,3 +84,38 @@ class Engine(Protocol):
     def generate(self, requests: list[GenRequest]) -> list[GenResult]: ...
 
     def close(self) -> None: ...
+
+
+# What an engine can do beyond generating, as the agent server asks it (isinstance checks).
+@runtime_checkable
+class WeightsUpdatable(Protocol):
+    """Takes new weights as CPU tensors with HF names (the HTTP/file path)."""
+
+    def update_weights(self, named_tensors: dict[str, Any]) -> None: ...
+
+
+@runtime_checkable
+class UpdateWindow(Protocol):
+    """Weight updates in an explicit window: generation pauses from start until finish/abort."""
+
+    def start_weight_update(self) -> None: ...
+
+    def finish_weight_update(self) -> None: ...
+
+    def abort_weight_update(self) -> None: ...
+
+
+@runtime_checkable
+class NCCLWeightReceiver(Protocol):
+    """Receives weights over the trainer's NCCL group (TRL's protocol; vLLM on CUDA)."""
+
+    def init_weight_transfer(self, init_info: dict[str, Any]) -> None: ...
+
+    def update_weights_nccl(self, update_info: dict[str, Any]) -> None: ...
+
+
+@runtime_checkable
+class WeightsHashable(Protocol):
+    """Says whether the served weights changed (a hash in the engine's own layout)."""
+
+    def weights_hash(self) -> str: ...

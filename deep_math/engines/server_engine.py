@@ -25,7 +25,7 @@ import requests
 
 from deep_math.engines.base import EngineError, GenRequest, GenResult
 from deep_math.engines.stops import decode
-from deep_math.engines.vllm_engine import map_finish_reason
+from deep_math.engines.vllm.engine import map_finish_reason
 from deep_math.models import load_tokenizer
 
 log = logging.getLogger(__name__)

