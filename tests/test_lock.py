@@ -39,7 +39,9 @@ def test_direct_pins_are_exact_and_agree_with_pyproject_and_the_lock():
     for spec in declared:
         match = PIN.match(spec)
         assert match, f"pyproject.toml: '{spec}' is not an exact pin"
-        assert direct.get(canonical(match.group(1))) == match.group(2), f"{spec} differs from requirements.txt"
+        assert direct.get(canonical(match.group(1))) == match.group(2), (
+            f"{spec} differs from requirements.txt"
+        )
     lock = pins("requirements.lock")
     for name, version in direct.items():
         assert lock.get(name, "").split("+")[0] == version.split("+")[0], (
