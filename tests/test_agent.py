@@ -350,3 +350,22 @@ def test_a_lone_surrogate_in_tool_output_is_replaced_not_fatal(tokenizer, sandbo
     trace, _ = run_one(tokenizer, sandbox, script)
     assert trace.error is None and trace.finish_reason == "answer"
     assert "```output\na\ufffdb\n```" in trace.text
+
+
+@pytest.mark.parametrize("code", ["", "   \n", "# only a comment\n# and another", "\n\n# x = 1\n"])
+def test_an_empty_or_comment_only_snippet_is_not_a_tool_use(tokenizer, sandbox, code):
+    from deep_math.training.rewards import code_use
+    from deep_math.training.rollout import traces_to_rollout
+
+    trace, _ = run_one(tokenizer, sandbox, [CALL.format(code=code), " \\boxed{42}"])
+    assert (trace.tool_calls, trace.tool_errors) == (1, 1)
+    assert "no code to run" in trace.text
+    assert not trace.used_tool_successfully
+    columns = traces_to_rollout([trace], 10_000, 0)
+    del columns["completion_ids"], columns["prompt_ids"], columns["logprobs"], columns["env_mask"]
+    assert code_use([trace.text], **columns) == [0.0]
+
+
+def test_a_snippet_with_one_statement_is_a_tool_use(tokenizer, sandbox):
+    trace, _ = run_one(tokenizer, sandbox, [CALL.format(code="# set up\nx = 1"), " \\boxed{1}"])
+    assert (trace.tool_calls, trace.tool_errors) == (1, 0) and trace.used_tool_successfully

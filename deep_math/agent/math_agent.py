@@ -24,6 +24,7 @@ One agent solves one trace. Semantics (the paper's format):
 
 from __future__ import annotations
 
+import ast
 import logging
 from functools import lru_cache
 from typing import Any
@@ -71,6 +72,15 @@ def has_answer(text: str) -> bool:
     closed (or `\\boxed 5`), outside `<tool_call>` code (closed or not) and fenced tool output."""
     found = last_boxed_span(model_text_mask(text))
     return found is not None and bool(found[0])
+
+
+def has_statements(code: str) -> bool:
+    """Whether `code` holds at least one statement (False for blank or comment-only code). Code
+    that does not parse counts as having statements: running it reports the SyntaxError."""
+    try:
+        return bool(ast.parse(code).body)
+    except (SyntaxError, ValueError):
+        return True
 
 
 class MathAgent(CodeAgent):
@@ -189,6 +199,10 @@ class MathAgent(CodeAgent):
         trace.tool_calls += 1
         if code is None:
             observation = f"\n```output\nError: {TOOL_CLOSE} without an opening {TOOL_OPEN}.\n```\n"
+            trace.tool_errors += 1
+        elif not has_statements(code):
+            # Nothing would run: not a use of the tool (code_use counts snippets that ran).
+            observation = "\n```output\nError: the tool call holds no code to run (only comments or blank lines).\n```\n"
             trace.tool_errors += 1
         else:
             memory_step.code_action = code

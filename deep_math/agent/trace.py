@@ -28,7 +28,7 @@ class Trace:
     model_tokens: int = 0
     tool_tokens: int = 0
     tool_calls: int = 0
-    tool_errors: int = 0
+    tool_errors: int = 0  # snippets that failed, and tool calls with nothing to run
     tool_timeouts: int = 0
     sandbox_errors: int = 0  # snippets that failed inside the sandbox, not in the model's code
     steps: int = 0
@@ -37,7 +37,8 @@ class Trace:
 
     @property
     def used_tool_successfully(self) -> bool:
-        """At least one snippet ran without error, timeout or sandbox failure (the code_use reward)."""
+        """At least one snippet ran without error, timeout or sandbox failure (the code_use reward).
+        A blank or comment-only snippet is not run: the agent counts it in tool_errors."""
         return self.tool_calls - self.tool_errors - self.tool_timeouts - self.sandbox_errors > 0
 
     def sample_record(self) -> dict:
