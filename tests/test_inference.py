@@ -159,3 +159,57 @@ def test_meta_records_each_arms_budget_and_both_arms_get_the_same_total():
     baseline = build_meta(InferenceConfig(model=ModelConfig(math_agent=False, max_agent_output=5000)))
     assert agent["budget"]["total_tokens"] == baseline["budget"]["total_tokens"] == 5000
     assert agent["budget"]["tokens_per_call"] == 3000 and baseline["budget"]["tokens_per_call"] is None
+
+
+@pytest.mark.parametrize(
+    "key, old, new",
+    [
+        ("dataset", "HuggingFaceH4/MATH-500", "mini:test"),
+        ("sampling", {"temperature": 0.6, "seed": 42}, {"temperature": 1.0, "seed": 42}),
+        ("examples", "deep_math/fewshot.txt", None),
+        ("examples_sha256", "aa", "bb"),
+        ("split", "test", "train"),
+    ],
+)
+def test_resume_refuses_other_data_sampling_or_examples_naming_the_key_and_the_fix(tmp_path, key, old, new):
+    path = tmp_path / "g.jsonl"
+    base = {"model": "a", "samples": 1}
+    with GeneratedFile(path, {**base, key: old}) as f:
+        f.write({"id": "0", "meta": {**base, key: old}})
+    with pytest.raises(ValueError, match=rf"differing keys: {key} .*new file.*overwrite=true"):
+        GeneratedFile(path, {**base, key: new})
+    with GeneratedFile(path, {**base, key: old}) as f:  # same settings: resumes
+        assert f.done_ids == {"0"}
+
+
+def test_build_meta_records_what_resume_compares():
+    from deep_math.inference.config import ModelConfig
+    from deep_math.inference.records import RESUME_KEYS
+    from deep_math.inference.run import build_meta
+
+    meta = build_meta(InferenceConfig(hf_tag="mini:test", model=ModelConfig(math_agent=True)))
+    assert set(RESUME_KEYS) <= set(meta)
+    assert meta["dataset"] == "mini:test" and len(meta["examples_sha256"]) == 64
+
+
+SEPARATORS = "a\u2028b\u2029c\x85d"
+
+
+def test_line_separators_in_a_record_are_escaped_and_resume_reads_one_record_a_line(tmp_path):
+    path = tmp_path / "g.jsonl"
+    with GeneratedFile(path, {}) as f:
+        f.write({"id": "0", "text": SEPARATORS, "meta": {}})
+        f.write({"id": "1", "text": "plain", "meta": {}})
+    raw = path.read_text(encoding="utf-8")
+    assert not set("\u2028\u2029\x85") & set(raw)
+    assert len(raw.splitlines()) == 2 and json.loads(raw.splitlines()[0])["text"] == SEPARATORS
+    with GeneratedFile(path, {}) as f:
+        assert f.done_ids == {"0", "1"}
+
+
+def test_resume_reads_an_older_file_with_raw_line_separators(tmp_path):
+    path = tmp_path / "g.jsonl"
+    lines = [json.dumps({"id": i, "text": SEPARATORS, "meta": {}}, ensure_ascii=False) for i in "01"]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with GeneratedFile(path, {}) as f:
+        assert f.done_ids == {"0", "1"}

@@ -14,7 +14,8 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-# meta fields that must agree for a resumed run to extend an existing file
+# meta fields that must agree for a resumed run to extend an existing file (a key missing from
+# an older file's meta is not compared)
 RESUME_KEYS = (
     "model",
     "lora_path",
@@ -24,7 +25,24 @@ RESUME_KEYS = (
     "samples",
     "max_agent_output",
     "max_steps",
+    "dataset",
+    "split",
+    "sampling",
+    "examples",
+    "examples_sha256",
 )
+
+# Line separators that str.splitlines() would split a JSON line at; JSON allows them raw in strings.
+_SEPARATORS = {"\u2028": "\\u2028", "\u2029": "\\u2029", "\x85": "\\u0085"}
+
+
+def dumps_line(record: dict[str, Any]) -> str:
+    """One JSON line: non-ASCII text kept readable, except line separators other than \\n
+    (U+2028, U+2029, U+0085), escaped so that any line-splitting reader sees one record a line."""
+    text = json.dumps(record, ensure_ascii=False)
+    for raw, escaped in _SEPARATORS.items():
+        text = text.replace(raw, escaped)
+    return text
 
 
 class GeneratedFile:
@@ -52,7 +70,8 @@ class GeneratedFile:
             )
             with open(self.path, "r+b") as fh:
                 fh.truncate(end)
-        for lineno, line in enumerate(data[:end].decode("utf-8").splitlines(), start=1):
+        # Split on \n only: older files hold raw U+2028/U+2029/U+0085 inside JSON strings.
+        for lineno, line in enumerate(data[:end].decode("utf-8").split("\n"), start=1):
             if not line.strip():
                 continue
             try:
@@ -74,16 +93,18 @@ class GeneratedFile:
             if k in old and old.get(k) != self.meta.get(k)
         ]
         if diffs:
+            keys = ", ".join(k for k in RESUME_KEYS if k in old and old.get(k) != self.meta.get(k))
             raise ValueError(
-                f"{self.path}:{lineno} was generated with other settings ({'; '.join(diffs)}). "
-                "Use another generated_file=..., or overwrite=true to replace it."
+                f"{self.path}:{lineno} was generated with other settings, so this run cannot resume "
+                f"it; differing keys: {keys} ({'; '.join(diffs)}). Write to a new file "
+                "(generated_file=...), or overwrite=true to replace this one."
             )
 
     def write(self, record: dict[str, Any]) -> None:
         record_id = str(record["id"])
         if record_id in self.done_ids:
             raise ValueError(f"problem id {record_id!r} is already in {self.path}")
-        self._fh.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self._fh.write(dumps_line(record) + "\n")
         self._fh.flush()
         os.fsync(self._fh.fileno())
         self.done_ids.add(record_id)

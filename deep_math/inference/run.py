@@ -57,7 +57,18 @@ def build_meta(cfg: InferenceConfig) -> dict:
         },
         "sampling": asdict(m.generation),
         "dataset": cfg.hf_tag or "sample",
+        "split": cfg.split,
+        "examples_sha256": _examples_digest(m.examples) if m.math_agent and m.examples else None,
     }
+
+
+def _examples_digest(examples: str) -> str:
+    """sha256 of the few-shot examples text, so a resumed run notices edited examples."""
+    import hashlib
+
+    from deep_math.prompts import load_examples
+
+    return hashlib.sha256(load_examples(examples).encode()).hexdigest()
 
 
 def unique_ids(problems) -> list[str]:
