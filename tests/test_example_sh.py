@@ -65,7 +65,7 @@ def test_the_gpu_trainer_pulls_traces_from_the_server_it_starts(tmp_path):
     from deep_math.vllm_serve_agent import parse_args
 
     served = parse_args(server[0][2:])
-    assert (served.max_steps, served.max_agent_output) == (
+    assert (served.agent.max_steps, served.agent.max_agent_output) == (
         trainer[0].agent.max_steps,
         trainer[0].agent.max_agent_output,
     )

@@ -53,7 +53,12 @@ def test_agent_server_command_parses_and_reaches_the_vllm_engine(monkeypatch):
 
     monkeypatch.chdir(REPO)
     cfg = parse_args(command("python -m deep_math.vllm_serve_agent")[3:])
-    assert (cfg.model, cfg.engine, cfg.max_steps, cfg.max_agent_output) == (QWEN, "vllm", 50, 5000)
+    assert (cfg.model, cfg.engine, cfg.agent.max_steps, cfg.agent.max_agent_output) == (
+        QWEN,
+        "vllm",
+        50,
+        5000,
+    )
     built = {}
 
     def fake_build_engine(name, **kwargs):

@@ -177,11 +177,11 @@ def test_a_failed_push_refuses_generation_until_a_complete_update(engine, prompt
 
 @pytest.fixture(scope="module")
 def server(engine):
+    from deep_math.agent.config import AgentConfig
     from deep_math.vllm_serve_agent import AgentServer, AgentService, ServerConfig
 
-    cfg = ServerConfig(
-        engine="vllm", max_steps=3, max_agent_output=96, max_concurrency=64, sandbox_timeout=10
-    )
+    agent = AgentConfig(max_steps=3, max_agent_output=96, max_concurrency=64, sandbox_timeout=10)
+    cfg = ServerConfig(engine="vllm", agent=agent)
     service = AgentService(cfg, engine=engine)
     httpd = AgentServer(service, "127.0.0.1", 0)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
@@ -268,7 +268,7 @@ def test_inference_py_with_vllm_end_to_end(tmp_path):
     overrides = [f"+model.vllm_params.{k}={str(v).lower()}" for k, v in ENGINE_ARGS.items()]
     cmd = [sys.executable, "inference.py", "+model.use_vllm=true", "+model.math_agent=true", "limit=2",
            "model.sampling=2", "+model.max_agent_output=96", "model.generation.max_new_tokens=48",
-           f"generated_file={out}", "progress=false", *overrides]  # fmt: skip
+           f"generated_file={out}", "+progress=false", *overrides]  # fmt: skip
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     records = [json.loads(line) for line in out.read_text().splitlines()]

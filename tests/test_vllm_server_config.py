@@ -13,9 +13,9 @@ SHIPPED = str(REPO / "configs" / "vllm_agent_server.yaml")
 
 def test_flags_override_the_config_file():
     cfg = parse_args(["--config", SHIPPED, "--engine", "transformers", "--max_steps", "7", "--port", "0"])
-    assert (cfg.engine, cfg.max_steps, cfg.port) == ("transformers", 7, 0)
-    assert cfg.model == "Qwen/Qwen3-4B-Thinking-2507" and cfg.max_agent_output == 5000  # from the file
-    assert cfg.agent_config().max_steps == 7
+    assert (cfg.engine, cfg.agent.max_steps, cfg.port) == ("transformers", 7, 0)
+    assert cfg.model == "Qwen/Qwen3-4B-Thinking-2507" and cfg.agent.max_agent_output == 5000  # from the file
+    assert cfg.agent.max_steps == 7
 
 
 def test_shipped_config_starts_with_its_command():
@@ -47,8 +47,7 @@ def test_engine_kwargs_are_json():
 def test_boolean_flags_parse_as_booleans(flag, expected):
     """`--allow_degraded_network false` must be False (argparse's str would make it truthy)."""
     cfg = parse_args(["--engine", "transformers", "--allow_degraded_network", flag])
-    assert cfg.allow_degraded_network is expected
-    assert cfg.agent_config().allow_degraded_network is expected
+    assert cfg.agent.allow_degraded_network is expected
 
 
 def test_a_boolean_flag_refuses_other_words(capsys):

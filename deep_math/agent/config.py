@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 TOOL_OPEN = "<tool_call>"
 TOOL_CLOSE = "</tool_call>"
@@ -33,3 +33,9 @@ class AgentConfig:
             raise ValueError(f"max_agent_output must be >= 1, got {self.max_agent_output}")
         if self.max_concurrency < 1:
             raise ValueError(f"max_concurrency must be >= 1, got {self.max_concurrency}")
+
+
+def flat_agent_keys(prefix: str = "") -> dict[str, str]:
+    """{prefix + field: "agent." + field} for every AgentConfig field: the flat spellings the paper's
+    commands use (`+model.max_steps=50`, `--max_steps 50`), mapped onto the nested `agent` block."""
+    return {f"{prefix}{f.name}": f"agent.{f.name}" for f in fields(AgentConfig)}

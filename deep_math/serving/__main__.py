@@ -24,8 +24,8 @@ def main(argv: list[str] | None = None) -> None:
         "Agent server for %s (engine %s, max_steps %d, max_agent_output %d) on http://%s:%d",
         service.model_id,
         cfg.engine,
-        cfg.max_steps,
-        cfg.max_agent_output,
+        cfg.agent.max_steps,
+        cfg.agent.max_agent_output,
         cfg.host,
         server.server_address[1],
     )

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from deep_math.agent.config import AgentConfig
-from deep_math.config_utils import ConfigError, build_dataclass
+from deep_math.agent.config import AgentConfig, flat_agent_keys
+from deep_math.config_utils import ConfigError, _suggest, apply_legacy, build_dataclass
 
 PROTOCOL_VERSION = 1
 HANDSHAKE_KEYS = ("max_steps", "max_agent_output")
@@ -24,7 +24,9 @@ class ServerConfig:
     """model: null -> the embedded SmolLM2. engine: transformers | vllm (| scripted in tests).
     tensor_parallel_size, data_parallel_size, gpu_memory_utilization, max_model_len,
     enable_prefix_caching: vLLM's settings of the same names, as TRL's `vllm-serve` takes them (vllm
-    only; None keeps vLLM's default). engine_kwargs: passed to the engine as is."""
+    only; None keeps vLLM's default). engine_kwargs: passed to the engine as is. agent: the agent
+    loop's settings, one schema with training and inference (flat flags such as --max_steps and flat
+    YAML keys set its fields)."""
 
     model: str | None = None
     engine: str = "transformers"
@@ -32,13 +34,7 @@ class ServerConfig:
     port: int = 8000
     device: str = "auto"
     dtype: str = "auto"
-    max_steps: int = 50
-    max_agent_output: int = 5000
-    max_concurrency: int = 64
-    sandbox_timeout: float = 20.0
-    sandbox_memory_mb: int = 2048
-    max_output_chars: int = 2000
-    allow_degraded_network: bool = False
+    agent: AgentConfig = field(default_factory=AgentConfig)
     tensor_parallel_size: int = 1
     data_parallel_size: int = 1
     gpu_memory_utilization: float | None = None
@@ -71,17 +67,6 @@ class ServerConfig:
             **{name: getattr(self, name) for name in names if getattr(self, name) is not None},
         }
 
-    def agent_config(self) -> AgentConfig:
-        return AgentConfig(
-            max_steps=self.max_steps,
-            max_agent_output=self.max_agent_output,
-            max_concurrency=self.max_concurrency,
-            sandbox_timeout=self.sandbox_timeout,
-            sandbox_memory_mb=self.sandbox_memory_mb,
-            max_output_chars=self.max_output_chars,
-            allow_degraded_network=self.allow_degraded_network,
-        )
-
 
 def _flag(text: str) -> bool:
     value = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}.get(text.lower())
@@ -91,14 +76,17 @@ def _flag(text: str) -> bool:
 
 
 def parse_args(argv: list[str] | None = None) -> ServerConfig:
-    """Flags override the --config YAML, which overrides the ServerConfig defaults."""
+    """Flags override the --config YAML, which overrides the ServerConfig defaults. Each AgentConfig
+    field is a flat flag (--max_steps) and may be a flat YAML key; both land in `agent`."""
     parser = argparse.ArgumentParser(
         prog="python -m deep_math.vllm_serve_agent", description=__doc__.split("\n")[0]
     )
     parser.add_argument(
         "--config", help="YAML file with ServerConfig keys (e.g. configs/vllm_agent_server.yaml)"
     )
-    for f in fields(ServerConfig):
+    for f in [*fields(ServerConfig), *fields(AgentConfig)]:
+        if f.name == "agent":
+            continue
         if f.name == "engine_kwargs":
             parser.add_argument("--engine_kwargs", type=json.loads, help="JSON object passed to the engine")
             continue
@@ -113,5 +101,14 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
         data = yaml.safe_load(Path(config_path).read_text()) or {}
         if not isinstance(data, dict):
             raise ConfigError(f"{config_path} must hold a mapping of ServerConfig keys")
-    data.update({k: v for k, v in args.items() if v is not None})
+        known = [f.name for f in fields(ServerConfig)] + list(flat_agent_keys())
+        unknown = [f"'{key}'{_suggest(key, known)}" for key in data if key not in known]
+        if unknown:
+            raise ConfigError(
+                f"Unknown config key(s) in {config_path}: {', '.join(unknown)}. Valid keys: {sorted(known)}"
+            )
+    data = apply_legacy(data, flat_agent_keys())
+    flags = apply_legacy({k: v for k, v in args.items() if v is not None}, flat_agent_keys())
+    data.setdefault("agent", {}).update(flags.pop("agent", {}))
+    data.update(flags)
     return build_dataclass(ServerConfig, data)

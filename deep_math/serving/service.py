@@ -106,14 +106,14 @@ class AgentService:
 
         self.cfg = cfg
         self.engine = engine if engine is not None else build_server_engine(cfg)
-        self.runner = AgentRunner(self.engine, cfg.agent_config(), sandbox=sandbox)
+        self.runner = AgentRunner(self.engine, cfg.agent, sandbox=sandbox)
         self.version = 0
         self._staged: dict[str, Any] | None = None
         self._update_lock = threading.Lock()
 
     # --- reads ------------------------------------------------------------------------------
     def config(self) -> dict[str, Any]:
-        agent = asdict(self.cfg.agent_config())
+        agent = asdict(self.cfg.agent)
         return {
             "protocol": PROTOCOL_VERSION,
             "model": self.model_id,

@@ -154,11 +154,12 @@ def build_trace_source(cfg: TrainingConfig, tokenizer: Any) -> TraceSource:
             cfg.agent, tokenizer, max_batch_size=r.max_batch_size, batch_wait_ms=r.batch_wait_ms
         )
     from deep_math.serving.client import AgentVLLMClient
+    from deep_math.serving.config import HANDSHAKE_KEYS
 
     client = AgentVLLMClient(
         base_url=r.server_url, connection_timeout=r.server_timeout, request_timeout=r.request_timeout
     )
-    client.check_compatible(max_steps=cfg.agent.max_steps, max_agent_output=cfg.agent.max_agent_output)
+    client.check_compatible(**{key: getattr(cfg.agent, key) for key in HANDSHAKE_KEYS})
     return ServerTraceSource(client)
 
 
