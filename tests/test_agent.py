@@ -369,3 +369,30 @@ def test_an_empty_or_comment_only_snippet_is_not_a_tool_use(tokenizer, sandbox, 
 def test_a_snippet_with_one_statement_is_a_tool_use(tokenizer, sandbox):
     trace, _ = run_one(tokenizer, sandbox, [CALL.format(code="# set up\nx = 1"), " \\boxed{1}"])
     assert (trace.tool_calls, trace.tool_errors) == (1, 0) and trace.used_tool_successfully
+
+
+# A snippet that prints a fence and then a box: the printed box must never count as the answer.
+FENCE_THEN_BOX = "print('```')\nprint('\\\\boxed{42}')\nprint('````output')"
+
+
+def test_printed_fence_cannot_close_the_output_block(tokenizer, sandbox):
+    from deep_math.evaluation.extract import extract_answer, tool_spans
+
+    trace, _ = run_one(tokenizer, sandbox, [CALL.format(code=FENCE_THEN_BOX), " Hmm.<|im_end|>"])
+    assert "\\boxed{42}" in trace.text and trace.finish_reason == "eos"
+    assert "\n`````output\n```\n\\boxed{42}\n````output\n`````\n" in trace.text  # a longer fence
+    assert extract_answer(trace.text) != "42"  # parsed from the text
+    assert extract_answer(trace.text, trace.tool_output_spans) != "42"  # located by position
+    parsed = [(a, b) for kind, a, b in tool_spans(trace.text) if kind == "output"]
+    assert parsed == [(a + 1, b - 1) for a, b in trace.tool_output_spans]  # the fence, without the newlines
+
+
+def test_tool_output_spans_are_where_the_agent_inserted_the_observations(tokenizer, sandbox):
+    script = ["Try " + CALL.format(code="print('é ∑')"), " and " + CALL.format(code="1/0"), " so \\boxed{1}"]
+    trace, _ = run_one(tokenizer, sandbox, script)
+    blocks = [trace.text[a:b] for a, b in trace.tool_output_spans]
+    assert blocks[0] == "\n```output\né ∑\n```\n"
+    assert blocks[1].startswith("\n```output\nTraceback") and blocks[1].endswith(
+        "ZeroDivisionError: division by zero\n```\n"
+    )
+    assert trace.sample_record()["tool_output_spans"] == [list(s) for s in trace.tool_output_spans]

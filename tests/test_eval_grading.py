@@ -253,3 +253,25 @@ def test_math500_reference_solutions_all_correct():
     wrong = [(r["id"], r["answer"], g) for r, g in zip(rows, grades, strict=True) if not g.correct]
     assert len(rows) == 500
     assert not wrong, wrong[:5]
+
+
+# The agent's fold of a snippet that printed "```" and then a box (a longer fence: see fold_output).
+PRINTED_BOX = (
+    "Check <tool_call>\nprint(stuff)\n</tool_call>" + "\n````output\n```\n\\boxed{42}\n````\n" + " Hmm."
+)
+
+
+def test_a_box_printed_after_a_printed_fence_is_tool_output():
+    from deep_math.evaluation.extract import fold_output
+
+    assert fold_output("```\n\\boxed{42}") == "\n````output\n```\n\\boxed{42}\n````\n"
+    assert extract_answer(PRINTED_BOX) is None
+    assert extract_answer(PRINTED_BOX + " So \\boxed{7}.") == "7"
+
+
+def test_output_spans_locate_tool_output_by_position():
+    text = "I write ```output\nmy own \\boxed{3}\n``` myself." + "\n```output\n\\boxed{9}\n```\n" + " done"
+    start = text.index("\n```output\n\\boxed{9}")
+    spans = [(start, start + len("\n```output\n\\boxed{9}\n```\n"))]
+    assert extract_answer(text, spans) == "3"  # the model's own text, by position
+    assert extract_answer("a \\boxed{5} b", []) == "5"

@@ -127,3 +127,14 @@ def test_dotted_reward_from_the_command_line(reward_module):
         raw = compose("training", overrides=["++rewards={my_rewards.brevity:0.5}"])
     cfg = load_training_config(raw)
     assert cfg.rewards == {"accuracy": 0.1, "code_use": 1.0, "my_rewards.brevity": 0.5}
+
+
+def test_accuracy_never_credits_a_box_printed_by_a_snippet():
+    printed = "<tool_call>\nprint(s)\n</tool_call>\n````output\n```\n\\boxed{42}\n````\n Hmm."
+    assert accuracy([printed], answer=["42"]) == [0.0]
+    # with the rollout's columns: tool output located where the agent inserted it
+    start = printed.index("\n````output")
+    spans = [[start, printed.index(" Hmm.")]]
+    assert accuracy(["ignored"], answer=["42"], trace_text=[printed], tool_output_spans=[spans]) == [0.0]
+    own = printed + " So \\boxed{42}."
+    assert accuracy(["ignored"], answer=["42"], trace_text=[own], tool_output_spans=[spans]) == [1.0]

@@ -86,3 +86,12 @@ def test_rollout_func_runs_agent_traces_with_trainer_temperature(tokenizer):
     assert out["tool_calls"][0] == 1 and out["tool_errors"][0] == 0
     assert {r.sampling.temperature for r in engine.requests} == {0.9}
     assert {(r.sampling.top_p, r.sampling.top_k) for r in engine.requests} == {(0.8, 50)}
+
+
+def test_rollout_passes_the_trace_text_and_tool_output_spans_to_the_rewards():
+    trace = Trace(prompt_ids=[1], completion_ids=[5, 6, 7], logprobs=[0.0] * 3, env_mask=[1, 0, 1])
+    trace.text, trace.tool_output_spans = "a```output\nb\n```c", [(1, 16)]
+    out = traces_to_rollout([trace], max_completion_length=10, pad_token_id=0)
+    assert out["trace_text"] == [trace.text] and out["tool_output_spans"] == [[[1, 16]]]
+    cut = traces_to_rollout([trace], max_completion_length=2, pad_token_id=0)
+    assert cut["trace_text"] == [None] and cut["tool_output_spans"] == [None]  # reward reads the completion

@@ -7,6 +7,8 @@ from typing import Any
 
 from smolagents.local_python_executor import CodeOutput, PythonExecutor
 
+from deep_math.evaluation.extract import fold_output
+
 # Lone surrogates (a snippet printing "\ud800") are not encodable text: a tokenizer refuses them.
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
@@ -23,7 +25,9 @@ def format_observation(result: Any) -> str:
     timeout notice or a sandbox-failure notice (which says it is not the code's fault). A run
     that succeeded after its session's replay failed says which variables may be gone. An empty
     run says so, so the model learns to print what it needs. Characters that cannot be encoded
-    (lone surrogates) become U+FFFD.
+    (lone surrogates) become U+FFFD. The fence is longer than any run of backticks in the body
+    (`fold_output`): printed backticks cannot close the block and pass printed text off as the
+    model's own.
     """
     parts = []
     if result.output:
@@ -35,7 +39,7 @@ def format_observation(result: Any) -> str:
     elif getattr(result, "replay_error", None):
         parts.append(f"Note: the session was restarted and the {result.replay_error}.")
     body = encodable("\n".join(parts)) if parts else "(no output)"
-    return f"\n```output\n{body}\n```\n"
+    return fold_output(body)
 
 
 class SandboxExecutor(PythonExecutor):

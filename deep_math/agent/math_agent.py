@@ -25,6 +25,7 @@ One agent solves one trace. Semantics (the paper's format):
 from __future__ import annotations
 
 import ast
+import itertools
 import logging
 from functools import lru_cache
 from typing import Any
@@ -38,7 +39,7 @@ from deep_math.agent.config import TOOL_CLOSE, TOOL_OPEN, AgentConfig
 from deep_math.agent.executor import SandboxExecutor, format_observation
 from deep_math.agent.model import EngineModel
 from deep_math.agent.trace import Trace
-from deep_math.evaluation.extract import last_boxed_span, model_text_mask
+from deep_math.evaluation.extract import fold_output, last_boxed_span, model_text_mask
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +117,7 @@ class MathAgent(CodeAgent):
     def solve(self, prompt_ids: list[int], task: str = "") -> Trace:
         self.trace = Trace(prompt_ids=list(prompt_ids))
         self._ended_on_eos = False
+        self._observations: list[tuple[int, int]] = []  # token index ranges of the observations
         try:
             self.run(task or "DeepMath trace", max_steps=self.config.max_steps + 1)
         except Exception as exc:  # noqa: BLE001 - any failure becomes this trace's typed error
@@ -127,10 +129,25 @@ class MathAgent(CodeAgent):
             # As engines do: the EOS id stays in completion_ids, not in the text. Whichever EOS id
             # the engine stopped on (Qwen3 stops on <|im_end|> and <|endoftext|>).
             ids = ids[:-1]
-        self.trace.text = self.tokenizer.decode(
-            ids, skip_special_tokens=False, clean_up_tokenization_spaces=False
-        )
+        self.trace.text, self.trace.tool_output_spans = self._text_and_spans(ids)
         return self.trace
+
+    def _text_and_spans(self, ids: list[int]) -> tuple[str, list[tuple[int, int]]]:
+        """The decoding of `ids` and the character spans of the observations in it (where the
+        agent inserted them: what evaluation and rewards must not read as the model's words)."""
+
+        def decode(part: list[int]) -> str:
+            return self.tokenizer.decode(part, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+        text = decode(ids)
+        bounds = sorted({0, len(ids)} | {min(k, len(ids)) for span in self._observations for k in span})
+        pieces = [decode(ids[a:b]) for a, b in zip(bounds, bounds[1:], strict=False)]
+        if "".join(pieces) == text:  # segments decode independently (the usual case): one pass
+            offsets = dict(zip(bounds, [0, *itertools.accumulate(len(p) for p in pieces)], strict=True))
+        else:  # a character split across a boundary: measure each prefix
+            offsets = {k: len(decode(ids[:k])) for k in bounds}
+        spans = [(offsets[min(a, len(ids))], offsets[min(b, len(ids))]) for a, b in self._observations]
+        return text, spans
 
     # --- smolagents hooks -------------------------------------------------------------------
     def _step_stream(self, memory_step):
@@ -198,11 +215,13 @@ class MathAgent(CodeAgent):
         trace = self.trace
         trace.tool_calls += 1
         if code is None:
-            observation = f"\n```output\nError: {TOOL_CLOSE} without an opening {TOOL_OPEN}.\n```\n"
+            observation = fold_output(f"Error: {TOOL_CLOSE} without an opening {TOOL_OPEN}.")
             trace.tool_errors += 1
         elif not has_statements(code):
             # Nothing would run: not a use of the tool (code_use counts snippets that ran).
-            observation = "\n```output\nError: the tool call holds no code to run (only comments or blank lines).\n```\n"
+            observation = fold_output(
+                "Error: the tool call holds no code to run (only comments or blank lines)."
+            )
             trace.tool_errors += 1
         else:
             memory_step.code_action = code
@@ -223,7 +242,9 @@ class MathAgent(CodeAgent):
         if len(obs_ids) >= remaining:
             obs_ids = obs_ids[:remaining]
             trace.finish_reason = "budget"
+        start = len(trace.completion_ids)
         self._append(obs_ids, [0.0] * len(obs_ids), model=False)
+        self._observations.append((start, len(trace.completion_ids)))
 
     def _append(self, ids: list[int], logprobs: list[float], model: bool) -> None:
         trace = self.trace

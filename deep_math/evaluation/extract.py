@@ -1,9 +1,14 @@
 """Final-answer extraction from a DeepMath trace.
 
-Contract of `extract_answer(text)`:
+Contract of `extract_answer(text, output_spans=None)`:
 - Code inside `<tool_call>...</tool_call>` and tool output inside fenced ```` ```output ```` blocks
   never provides the answer (a snippet that prints `\\boxed{...}` is not the model's answer). An
   unclosed block (a trace cut off mid-snippet) runs to the end of the text.
+- Tool output is located by `output_spans`, the (start, end) character offsets at which the agent
+  inserted each block (`Trace.tool_output_spans`, the sample record's `tool_output_spans`), when
+  the caller has them. Without them the blocks are parsed from the text: the agent fences each
+  block with more backticks than any run inside it (`fold_output`), so a fence closes only at
+  a run of exactly its own length and nothing a snippet prints can end its block early.
 - Thinking: when the trace contains `</think>`, only the text after the last `</think>` counts; a
   trace that opened `<think>` and never closed it has no answer (it was cut off while thinking).
 - The answer is the content of the last `\\boxed`/`\\fbox` that remains: `\\boxed{...}` with nested
@@ -31,18 +36,63 @@ from deep_math.evaluation.numwords import words_to_digits
 log = logging.getLogger(__name__)
 
 _TOOL_CALL = re.compile(r"<tool_call>.*?(?:</tool_call>|\Z)", re.DOTALL)
-# Fenced output block as the agent writes it: "```output\n...\n```" (unclosed: to the end).
-_OUTPUT_BLOCK = re.compile(r"```output\b.*?(?:```|\Z)", re.DOTALL)
+# Fenced output block as the agent writes it: "```output\n...\n```", the fence three or more
+# backticks, closed by a run of exactly as many (unclosed: to the end).
+_OUTPUT_BLOCK = re.compile(r"(?<!`)(`{3,})output\b.*?(?:(?<!`)\1(?!`)|\Z)", re.DOTALL)
+
+Span = tuple[int, int]
+
+
+def output_fence(body: str) -> str:
+    """The fence for a tool-output block holding `body`: three backticks, or one more than the
+    longest run of backticks in `body`, so that nothing in `body` can close the block."""
+    longest = max((len(run) for run in re.findall(r"`+", body)), default=0)
+    return "`" * max(3, longest + 1)
+
+
+def fold_output(body: str) -> str:
+    """A tool-output block as the agent inserts it into a trace: "\\n```output\\n<body>\\n```\\n"."""
+    fence = output_fence(body)
+    return f"\n{fence}output\n{body}\n{fence}\n"
+
+
+def _blank_spans(text: str, spans) -> str:
+    chars = list(text)
+    for _, start, end in spans:
+        chars[start:end] = " " * (end - start)
+    return "".join(chars)
+
+
+def tool_spans(text: str, output_spans: list[Span] | None = None) -> list[tuple[str, int, int]]:
+    """(kind, start, end) of every tool block in `text`, in order: kind `code` for a
+    `<tool_call>` snippet, `output` for a tool-output block. With `output_spans` (the positions
+    the agent inserted the outputs at) those are the output blocks and code is looked for outside
+    them; without, code is found first and outputs are parsed from the rest."""
+    if output_spans is None:
+        code = [("code", *m.span()) for m in _TOOL_CALL.finditer(text)]
+        outputs = [("output", *m.span()) for m in _OUTPUT_BLOCK.finditer(_blank_spans(text, code))]
+    else:
+        outputs = [("output", int(a), int(b)) for a, b in output_spans]
+        code = [("code", *m.span()) for m in _TOOL_CALL.finditer(_blank_spans(text, outputs))]
+    return sorted(code + outputs, key=lambda span: span[1])
+
+
 _BOX = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
 # Commands whose arguments follow without braces in `\boxed\frac14`, with their argument count.
 _COMMAND_ARGS = {"frac": 2, "dfrac": 2, "tfrac": 2, "cfrac": 2, "binom": 2, "sqrt": 1}
 
 
-def split_tool_blocks(text: str) -> tuple[str, list[str]]:
-    """(text with tool code and tool output removed, the removed tool-output blocks)."""
-    without_code = _TOOL_CALL.sub("\n", text)
-    outputs = _OUTPUT_BLOCK.findall(without_code)
-    return _OUTPUT_BLOCK.sub("\n", without_code), outputs
+def split_tool_blocks(text: str, output_spans: list[Span] | None = None) -> tuple[str, list[str]]:
+    """(text with tool code and tool output removed, each block replaced by a newline; the removed
+    tool-output blocks)."""
+    pieces, outputs, at = [], [], 0
+    for kind, start, end in tool_spans(text, output_spans):
+        pieces.append(text[at:start])
+        if kind == "output":
+            outputs.append(text[start:end])
+        at = end
+    pieces.append(text[at:])
+    return "\n".join(pieces), outputs
 
 
 def without_tool_output(text: str) -> str:
@@ -52,7 +102,7 @@ def without_tool_output(text: str) -> str:
 
 def tool_output_text(text: str) -> str:
     """The concatenated fenced `output` blocks of a trace (what the sandbox wrote into it)."""
-    return "".join(_OUTPUT_BLOCK.findall(text))
+    return "".join(m.group(0) for m in _OUTPUT_BLOCK.finditer(text))
 
 
 def after_thinking(text: str) -> str | None:
@@ -137,30 +187,16 @@ def last_boxed(text: str) -> str | None:
     return None if found is None else found[0]
 
 
-def _blank(text: str, pattern: re.Pattern) -> str:
-    """`text` with every match of `pattern` replaced by spaces (offsets are kept)."""
-    return pattern.sub(lambda m: " " * len(m.group(0)), text)
-
-
-def tool_spans(text: str) -> list[tuple[str, int, int]]:
-    """(kind, start, end) of every tool block in `text`, in order: kind `code` for a
-    `<tool_call>` snippet, `output` for a fenced output block (found after the code is taken out,
-    as `split_tool_blocks` finds it)."""
-    code = [("code", *m.span()) for m in _TOOL_CALL.finditer(text)]
-    outputs = [("output", *m.span()) for m in _OUTPUT_BLOCK.finditer(_blank(text, _TOOL_CALL))]
-    return sorted(code + outputs, key=lambda span: span[1])
-
-
-def model_text_mask(text: str) -> str:
+def model_text_mask(text: str, output_spans: list[Span] | None = None) -> str:
     """`text` with tool code and tool output blanked out character for character: what the model
     wrote in its own words, at the offsets where it wrote it."""
-    return _blank(_blank(text, _TOOL_CALL), _OUTPUT_BLOCK)
+    return _blank_spans(text, tool_spans(text, output_spans))
 
 
-def boxed_answer_end(text: str) -> int | None:
+def boxed_answer_end(text: str, output_spans: list[Span] | None = None) -> int | None:
     """Character offset in `text` just after the box that `extract_answer` takes the answer from
     (tool blocks and unclosed thinking honoured as there); None when the answer is not boxed."""
-    masked = model_text_mask(text)
+    masked = model_text_mask(text, output_spans)
     end = masked.rfind("</think>")
     if end >= 0:
         offset = end + len("</think>")
@@ -213,11 +249,11 @@ def _last_answer_statement(text: str) -> str | None:
     return None
 
 
-def extract_answer(text: str) -> str | None:
+def extract_answer(text: str, output_spans: list[Span] | None = None) -> str | None:
     """The final answer of a trace as a string, or None when it has none (see module docstring)."""
     if not text:
         return None
-    cleaned, _ = split_tool_blocks(text)
+    cleaned, _ = split_tool_blocks(text, output_spans)
     cleaned = after_thinking(cleaned)
     if cleaned is None:
         return None
@@ -225,11 +261,11 @@ def extract_answer(text: str) -> str | None:
     if boxed is not None:
         return boxed or None
     # Unboxed: what the model wrote after its last tool block, else its last explicit statement.
-    tail = after_thinking(_tail_after_tools(text))
+    tail = after_thinking(_tail_after_tools(text, output_spans))
     answer = _stated_answer(tail) if tail and tail.strip() else None
     return answer if answer is not None else _last_answer_statement(cleaned)
 
 
-def _tail_after_tools(text: str) -> str:
-    ends = [m.end() for m in _TOOL_CALL.finditer(text)] + [m.end() for m in _OUTPUT_BLOCK.finditer(text)]
+def _tail_after_tools(text: str, output_spans: list[Span] | None = None) -> str:
+    ends = [end for _, _, end in tool_spans(text, output_spans)]
     return text[max(ends) :] if ends else text

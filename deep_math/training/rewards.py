@@ -8,7 +8,8 @@ scored as wrong answers.
 
 - `accuracy`: 1.0 when the answer extracted from the completion (the evaluation extractor, which
   ignores `<tool_call>` code and `output` blocks) is equivalent to the gold answer under
-  math-verify, else 0.0.
+  math-verify, else 0.0. With the rollout's `trace_text` / `tool_output_spans` columns it reads
+  the trace's text with tool output located where the agent inserted it.
 - `code_use`: 1.0 when the trace executed at least one snippet successfully (no error, no
   timeout, no sandbox failure), else 0.0. Reads the `tool_calls` / `tool_errors` /
   `tool_timeouts` / `sandbox_errors` columns that the rollout adds; without them (a plain
@@ -76,12 +77,17 @@ def accuracy(
     n = len(completions)
     golds = _gold(answer, solution, n)
     failed = _failed(kwargs, n)
+    texts = kwargs.get("trace_text") or [None] * n
+    spans = kwargs.get("tool_output_spans") or [None] * n
     rewards: list[float | None] = []
-    for completion, gold, bad in zip(completions, golds, failed, strict=True):
+    for completion, gold, bad, text, where in zip(completions, golds, failed, texts, spans, strict=True):
         if bad:
             rewards.append(None)
             continue
-        prediction = extract_answer(completion_text(completion))
+        if text is not None and where is not None:
+            prediction = extract_answer(text, [tuple(span) for span in where])
+        else:
+            prediction = extract_answer(completion_text(completion))
         rewards.append(1.0 if is_correct(prediction, gold) else 0.0)
     return rewards
 

@@ -14,7 +14,10 @@ prompt, in order:
   observation tokens get no loss). A failed trace (finish_reason "error") is masked entirely;
 - per-trace columns that reach the reward functions: `tool_calls`, `tool_errors`,
   `tool_timeouts`, `sandbox_errors`, `model_tokens`, `tool_tokens`, `steps`, `finish_reason`, `trace_error`
-  (None, or the error message: the rewards then return None, so the trace gets advantage 0).
+  (None, or the error message: the rewards then return None, so the trace gets advantage 0),
+  `trace_text` and `tool_output_spans` (the trace's text and where the agent inserted tool output
+  in it, so the accuracy reward never reads tool output as the model's answer; None for a
+  completion cut to `max_completion_length`, whose reward reads the completion itself).
 
 The sampling temperature is read from `trainer.temperature` at every call, which the temperature
 schedule updates (`deep_math/training/trainer.py`).
@@ -81,6 +84,8 @@ def traces_to_rollout(
         "env_mask": [],
         "finish_reason": [],
         "trace_error": [],
+        "trace_text": [],
+        "tool_output_spans": [],
     }
     for name in STAT_COLUMNS:
         out[name] = []
@@ -107,6 +112,9 @@ def traces_to_rollout(
         out["env_mask"].append(mask)
         out["finish_reason"].append(finish)
         out["trace_error"].append(trace.error if finish == "error" else None)
+        whole = n <= max_completion_length
+        out["trace_text"].append(trace.text if whole else None)
+        out["tool_output_spans"].append([list(span) for span in trace.tool_output_spans] if whole else None)
         for name in STAT_COLUMNS:
             out[name].append(int(getattr(trace, name)))
     return out
