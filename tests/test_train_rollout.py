@@ -95,3 +95,32 @@ def test_rollout_passes_the_trace_text_and_tool_output_spans_to_the_rewards():
     assert out["trace_text"] == [trace.text] and out["tool_output_spans"] == [[[1, 16]]]
     cut = traces_to_rollout([trace], max_completion_length=2, pad_token_id=0)
     assert cut["trace_text"] == [None] and cut["tool_output_spans"] == [None]  # reward reads the completion
+
+
+def test_seeded_rollouts_never_reuse_a_stream_across_optimizer_steps_and_agent_calls(tokenizer):
+    from deep_math.agent.model import EngineModel
+
+    rollout = AgentRollout(source=None, tokenizer=tokenizer, settings=RolloutSettings(seed=7))
+    engine = ScriptedEngine(tokenizer, lambda req, i: "x")
+    for step in range(3):
+        for params in rollout.sampling(fake_trainer(step=step), 3):
+            model = EngineModel(engine, params)
+            for call in range(3):  # a trace's generation calls
+                model.generate_ids([1], max_tokens=1, stop=[], step=call)
+    seeds = [r.sampling.seed for r in engine.requests]
+    assert len(seeds) == 27 and len(set(seeds)) == 27
+
+
+def test_derive_seed_is_deterministic_and_separates_paths():
+    from deep_math.seeds import derive_seed
+
+    assert derive_seed(1, "a", 2) == derive_seed(1, "a", 2)
+    seeds = {
+        derive_seed(b, kind, i, j)
+        for b in (0, 1)
+        for kind in ("call", "sandbox")
+        for i in range(5)
+        for j in range(5)
+    }
+    assert len(seeds) == 100 and all(0 <= s < 2**63 for s in seeds)
+    assert derive_seed(1, 1) != derive_seed(1, "1")

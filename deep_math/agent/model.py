@@ -7,6 +7,7 @@ from dataclasses import replace
 from smolagents.models import ChatMessage, MessageRole, Model, TokenUsage
 
 from deep_math.engines.base import Engine, GenRequest, GenResult, SamplingParams
+from deep_math.seeds import derive_seed
 
 
 class EngineModel(Model):
@@ -24,7 +25,8 @@ class EngineModel(Model):
         self.lora_path = lora_path
 
     def generate_ids(self, prompt_ids: list[int], max_tokens: int, stop: list[str], step: int) -> GenResult:
-        seed = None if self.sampling.seed is None else self.sampling.seed + 1_000_003 * step
+        """One generation call; `step` (the trace's call index) names its seed under the trace's."""
+        seed = None if self.sampling.seed is None else derive_seed(self.sampling.seed, "call", step)
         params = replace(self.sampling, max_tokens=max_tokens, stop=list(stop), seed=seed)
         (result,) = self.engine.generate([GenRequest(list(prompt_ids), params, self.lora_path)])
         return result

@@ -12,6 +12,7 @@ from deep_math.agent.trace import Trace
 from deep_math.engines.base import SamplingParams
 from deep_math.inference.config import InferenceConfig
 from deep_math.inference.records import GeneratedFile
+from deep_math.seeds import derive_seed
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +150,7 @@ def run_inference(cfg: InferenceConfig, engine=None) -> RunSummary:
                         top_p=g.top_p,
                         top_k=g.top_k,
                         max_tokens=g.max_new_tokens,
-                        seed=None if g.seed is None else g.seed + 100_003 * i + j,
+                        seed=None if g.seed is None else derive_seed(g.seed, "sample", i, j),
                     )
                 )
                 owners.append((i, j))

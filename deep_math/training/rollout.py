@@ -37,6 +37,7 @@ from typing import Any, Protocol
 
 from deep_math.agent.trace import Trace
 from deep_math.engines.base import SamplingParams
+from deep_math.seeds import derive_seed
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +150,7 @@ class AgentRollout:
         if s.seed is not None:
             step = int(getattr(getattr(trainer, "state", None), "global_step", 0) or 0)
             rank = int(getattr(getattr(trainer, "accelerator", None), "process_index", 0) or 0)
-            seeds = [s.seed + 1_000_003 * step + 10_007 * rank + i for i in range(n)]
+            seeds = [derive_seed(s.seed, "rollout", step, rank, i) for i in range(n)]
         return [
             SamplingParams(
                 temperature=temperature,
