@@ -555,3 +555,54 @@ def test_zygote_keeps_the_parents_pythonpath(tmp_path, monkeypatch):
     readable = oslimits.read_only_paths()
     assert str(site) in readable
     assert PACKAGE_ROOT not in readable or "site-packages" in PACKAGE_ROOT
+
+
+# --- random streams: one per session, replayed with the same seed --------------------------------
+
+DRAW = "import random\nimport numpy as np\nprint(random.random(), np.random.rand())"
+
+
+def _draws(sandbox, seed):
+    s = sandbox.session(seed=seed)
+    try:
+        return s.run(DRAW).output
+    finally:
+        s.close()
+
+
+def test_sessions_draw_from_their_own_seeded_streams(sandbox):
+    assert _draws(sandbox, 1) == _draws(sandbox, 1)
+    assert _draws(sandbox, 1) != _draws(sandbox, 2)
+    # unseeded sessions are independent too (a fork copies the zygote's numpy state)
+    unseeded = [_draws(sandbox, None) for _ in range(3)]
+    assert len({line.split()[1] for line in unseeded}) == 3
+    assert len({line.split()[0] for line in unseeded}) == 3
+
+
+@pytest.mark.parametrize("seed", [5, None])
+def test_a_replay_after_a_kill_draws_the_same_numbers(sandbox, seed):
+    s = sandbox.session(seed=seed)
+    try:
+        first = s.run(
+            "import random\nimport numpy as np\nx, y = random.random(), np.random.rand()\nprint(x, y)"
+        )
+        assert s.run("while True:\n    pass", timeout=SHORT).timed_out
+        after = s.run("print(x, y)")
+        assert after.rebuilt and after.replay_error is None
+        assert after.output == first.output
+    finally:
+        s.close()
+
+
+def test_the_runner_seeds_each_traces_session_from_the_traces_seed(tokenizer, sandbox):
+    from deep_math.agent import AgentConfig
+    from deep_math.agent.runner import AgentRunner
+    from deep_math.engines.base import SamplingParams
+    from deep_math.engines.scripted import ScriptedEngine
+
+    call = "<tool_call>\nimport numpy as np\nprint(np.random.randint(10**9))\n</tool_call>"
+    engine = ScriptedEngine(tokenizer, lambda req, i: call if i % 2 == 0 else " \\boxed{1}")
+    runner = AgentRunner(engine, AgentConfig(max_concurrency=1), sandbox=sandbox)
+    seeds = [SamplingParams(seed=s) for s in (1, 2, 1)]
+    texts = [t.text for t in runner.run([[1, 2]] * 3, seeds)]
+    assert texts[0] == texts[2] and texts[0] != texts[1]

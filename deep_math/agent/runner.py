@@ -20,6 +20,7 @@ from deep_math.agent.math_agent import MathAgent, has_answer
 from deep_math.agent.model import EngineModel
 from deep_math.agent.trace import Trace
 from deep_math.engines.base import Engine, GenRequest, SamplingParams
+from deep_math.seeds import derive_seed
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +65,9 @@ class AgentRunner:
     def run_one(self, prompt_ids: list[int], sampling: SamplingParams, lora_path: str | None = None) -> Trace:
         if not self.use_agent:
             return self._run_plain(prompt_ids, sampling, lora_path)
+        seed = None if sampling.seed is None else derive_seed(sampling.seed, "sandbox")
         try:
-            session = self.sandbox.session()
+            session = self.sandbox.session(seed=seed)
         except Exception as exc:  # noqa: BLE001 - a sandbox failure ends this trace only
             return Trace(prompt_ids=list(prompt_ids), finish_reason="error", error=f"sandbox: {exc}")
         try:

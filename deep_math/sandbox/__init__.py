@@ -35,7 +35,9 @@ the agent counts the latter as `sandbox_errors`, apart from `tool_errors`.
 What is NOT covered: a sandbox is not a VM. Kernel bugs reachable through the allowed syscalls,
 side channels, reading files inside the Python installation, and using the whole CPU/memory budget
 until the kill remain possible. Snippets that failed are not replayed, so a rebuilt session may
-lack partial effects of failed snippets; replay assumes snippets are deterministic (seed random).
+lack partial effects of failed snippets; replay assumes snippets are deterministic apart from
+`random` and numpy's global state, which each session seeds (`sandbox.session(seed=...)`) and
+reseeds identically before a replay.
 Output printed before a timeout is lost with the killed worker. Linux only.
 """
 

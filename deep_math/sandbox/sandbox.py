@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import secrets
 import threading
 import time
 import weakref
@@ -62,13 +63,19 @@ class Session:
 
     Isolation: each session is its own worker process, so nothing one session does (monkeypatching
     `math.sqrt`, builtins, module state) is visible to any other session.
+
+    seed: seeds Python's `random` and numpy's global random state before the session's first
+    snippet, and again in every rebuilt worker before the replay, so a replay draws what the
+    original runs drew. None: a random seed, kept for replays.
     """
 
-    def __init__(self, sandbox: Sandbox):
+    def __init__(self, sandbox: Sandbox, seed: int | None = None):
         self._sandbox = sandbox
         self._lock = threading.Lock()
         self._history: list[str] = []  # successful snippets, replayed after a kill
         self._closed = False
+        self.seed = secrets.randbits(63) if seed is None else int(seed)
+        self._seeded = False  # whether the current worker got the seed yet
         self._worker: WorkerHandle | None = sandbox._spawn_checked()
 
     @property
@@ -107,8 +114,11 @@ class Session:
         assert worker is not None
         start = time.monotonic()
         deadline = start + timeout
+        request = {"code": code}
+        if not self._seeded:
+            request["seed"], self._seeded = self.seed, True
         try:
-            send_msg(worker.sock, {"code": code})
+            send_msg(worker.sock, request)
             reply = recv_msg(worker.sock, self._sandbox._max_reply_bytes, deadline)
             output, error, internal = str(reply["output"]), reply["error"], reply.get("sandbox_error")
             if internal is not None:
@@ -140,6 +150,7 @@ class Session:
         if self._worker is not None:
             self._worker.kill()
             self._worker = None
+        self._seeded = False
 
     def _rebuild(self) -> str | None:
         """Fresh worker + replay of the successful history. Returns a replay error, if any."""
@@ -242,9 +253,10 @@ class Sandbox:
             raise
         return worker
 
-    def session(self) -> Session:
-        """A new, isolated session (one per trace). Close it when the trace ends."""
-        session = Session(self)
+    def session(self, seed: int | None = None) -> Session:
+        """A new, isolated session (one per trace), its random streams seeded with `seed` (see
+        `Session`). Close it when the trace ends."""
+        session = Session(self, seed)
         with self._sessions_lock:
             self._sessions.add(session)
         return session

@@ -10,6 +10,8 @@ the layers it got, then executes snippets received over its socket until EOF. Ea
   huge print costs neither worker memory nor pipe bandwidth;
 - ends with the repr of a final bare expression, as in a notebook.
 
+The first request after the worker starts carries the session's seed (`seed_streams`).
+
 A failure of this harness itself (the checker or compiler breaking, capture or error formatting
 raising) is not the snippet's: it is replied as a sandbox error (`sandbox_error` set, an error
 text saying so) and the worker keeps serving.
@@ -158,6 +160,18 @@ def sandbox_error_reply(exc: BaseException, output: str = "") -> dict[str, Any]:
     }
 
 
+def seed_streams(seed: int) -> None:
+    """Seed the global random streams a snippet draws from without seeding them itself: Python's
+    `random` (which reseeds itself at fork) and numpy's legacy global state (which a fork copies
+    from the zygote, so every session would draw the same numbers)."""
+    import random
+
+    import numpy
+
+    random.seed(seed)
+    numpy.random.seed(seed % 2**32)
+
+
 def _detach(sock_fd: int) -> None:
     """Own session, stdio on /dev/null, every inherited descriptor but the session socket closed."""
     os.setsid()
@@ -188,6 +202,8 @@ def serve(sock_fd: int, zygote_pid: int, config: dict[str, Any]) -> None:
         while True:
             request = recv_msg(sock, MAX_SNIPPET_BYTES)
             try:
+                if request.get("seed") is not None:
+                    seed_streams(int(request["seed"]))
                 reply = session.run(request["code"])
             except Exception as exc:  # noqa: BLE001 - a bug in the harness: report it, keep serving
                 reply = sandbox_error_reply(exc)
