@@ -88,7 +88,7 @@ class FakeAsyncLLM:
     def __init__(self, args: FakeEngineArgs):
         self.args = args.kwargs
         self.events: list[tuple[str, Any]] = []
-        self.model_config = types.SimpleNamespace(logprobs_mode="raw_logprobs")
+        self.model_config = types.SimpleNamespace(logprobs_mode="raw_logprobs", max_model_len=4096)
         self.worker_hashes = ["worker-hash"]
         self.fail_update: Exception | None = None
         self.gate = asyncio.Event()  # generate waits for it (tests set it)

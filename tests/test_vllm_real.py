@@ -265,7 +265,9 @@ def test_agent_generate_under_load_with_disconnects_and_an_over_long_prompt(serv
 
 def test_inference_py_with_vllm_end_to_end(tmp_path):
     out = tmp_path / "vllm.jsonl"
-    overrides = [f"+model.vllm_params.{k}={str(v).lower()}" for k, v in ENGINE_ARGS.items()]
+    # 2048: the agent prompt (few-shot examples) is ~1000 tokens, and a trace must fit its context.
+    args = {**ENGINE_ARGS, "max_model_len": 2048}
+    overrides = [f"+model.vllm_params.{k}={str(v).lower()}" for k, v in args.items()]
     cmd = [sys.executable, "inference.py", "+model.use_vllm=true", "+model.math_agent=true", "limit=2",
            "model.sampling=2", "+model.max_agent_output=96", "model.generation.max_new_tokens=48",
            f"generated_file={out}", "+progress=false", *overrides]  # fmt: skip

@@ -151,6 +151,7 @@ class VLLMEngine(WeightUpdates):
             self._stop_loop()
             raise
         self.logprobs_mode = str(self.llm.model_config.logprobs_mode)
+        self.max_model_len = int(self.llm.model_config.max_model_len)
         if tokenizer is None or isinstance(tokenizer, str):
             tokenizer = load_tokenizer(tokenizer or model_path)
         self.tokenizer = tokenizer
@@ -217,7 +218,14 @@ class VLLMEngine(WeightUpdates):
         except EngineError:
             raise
         except Exception as exc:  # vLLM raises ValueError, EngineDeadError or a plain Exception
-            raise EngineError(f"vLLM failed request {request_id}: {type(exc).__name__}: {exc}") from exc
+            hint = ""
+            if len(request.prompt_ids) >= self.max_model_len:
+                hint = (
+                    f" The trace filled the model's context ({len(request.prompt_ids)} of max_model_len "
+                    f"{self.max_model_len} tokens): raise max_model_len (+model.vllm_params.max_model_len=N) "
+                    "or lower max_agent_output."
+                )
+            raise EngineError(f"vLLM failed request {request_id}: {type(exc).__name__}: {exc}{hint}") from exc
         finally:
             self._in_flight.discard(task)
         if final is None or not final.outputs:
