@@ -22,8 +22,8 @@ def format_observation(result: Any) -> str:
     """The fenced block folded back into the trace after a snippet ran.
 
     Printed output first, then the error text (a short traceback the model can act on), a
-    timeout notice or a sandbox-failure notice (which says it is not the code's fault). A run
-    that succeeded after its session's replay failed says which variables may be gone. An empty
+    timeout notice or a sandbox-failure notice (which says it is not the code's fault). Any run
+    after its session's replay failed says which variables are gone. An empty
     run says so, so the model learns to print what it needs. Characters that cannot be encoded
     (lone surrogates) become U+FFFD. The fence is longer than any run of backticks in the body
     (`fold_output`): printed backticks cannot close the block and pass printed text off as the
@@ -36,8 +36,9 @@ def format_observation(result: Any) -> str:
         parts.append(result.error or "TimeoutError: the snippet ran too long and was killed.")
     elif result.error:
         parts.append(result.error.rstrip("\n"))
-    elif getattr(result, "replay_error", None):
-        parts.append(f"Note: the session was restarted and the {result.replay_error}.")
+    replay_error = getattr(result, "replay_error", None)
+    if replay_error and replay_error not in "\n".join(parts):
+        parts.append(f"Note: the session was restarted and the {replay_error}.")
     body = encodable("\n".join(parts)) if parts else "(no output)"
     return fold_output(body)
 

@@ -16,7 +16,10 @@ from deep_math.sandbox.spawner import WorkerConfig, WorkerHandle, Zygote
 
 logger = logging.getLogger(__name__)
 
-_KILLED_NOTE = "variables from earlier successful snippets are restored on the next run"
+_KILLED_NOTE = (
+    "the next run restores the variables of earlier successful snippets by replaying them "
+    "(it will say so if that fails)"
+)
 
 RunKind = Literal["ok", "error", "timeout", "sandbox_error"]
 
@@ -91,13 +94,27 @@ class Session:
                 raise RuntimeError("run() on a closed sandbox session")
             rebuilt, replay_error = False, None
             if self._worker is None or not self._worker.alive:
-                rebuilt, replay_error = True, self._rebuild()
+                rebuilt = True
+                try:
+                    replay_error = self._rebuild()
+                except RuntimeError as exc:  # no worker could be started: this run fails, not the caller
+                    self._kill()
+                    logger.warning("sandbox session could not restart its worker: %s", exc)
+                    return RunResult(
+                        error="SandboxError: the sandbox could not start a Python process for this snippet; "
+                        "this is not an error in the code, running it again may work.",
+                        rebuilt=True,
+                        sandbox_error=f"worker restart failed: {exc}",
+                    )
             result = self._execute(code, timeout)
             if result.error is None and not result.timed_out:
                 self._history.append(code)
             error, sandbox_error = result.error, result.sandbox_error
-            if replay_error and error is not None and not result.timed_out and sandbox_error is None:
-                sandbox_error = replay_error
+            if replay_error and error is not None:
+                # The model must not believe its earlier variables survived (the kill notice said
+                # they would be restored): say what was lost, whatever else went wrong.
+                if not result.timed_out and sandbox_error is None:
+                    sandbox_error = replay_error
                 error = f"{error.rstrip()}\nSandboxError: the session was restarted and the {replay_error}."
             return RunResult(
                 output=result.output,
@@ -111,7 +128,12 @@ class Session:
 
     def _execute(self, code: str, timeout: float) -> RunResult:
         worker = self._worker
-        assert worker is not None
+        if worker is None:  # run() always starts one first; never trust that with an assert
+            return RunResult(
+                error="SandboxError: no Python process is running for this session; this is not an error "
+                "in the code, running it again may work.",
+                sandbox_error="no worker",
+            )
         start = time.monotonic()
         deadline = start + timeout
         request = {"code": code}
@@ -153,20 +175,37 @@ class Session:
         self._seeded = False
 
     def _rebuild(self) -> str | None:
-        """Fresh worker + replay of the successful history. Returns a replay error, if any."""
+        """Fresh worker + replay of the successful history. Returns a replay error, if any (what
+        the model is told was lost). Raises RuntimeError when no worker can be started."""
         self._kill()
         self._worker = self._sandbox._spawn_checked()
+        failed = self._replay()
+        if failed is None:
+            return None
+        i, what = failed
+        # Keep what replayed; drop the rest so later rebuilds do not repeat the failure.
+        del self._history[i:]
+        lost = f"replay of earlier snippet {i + 1} {what}; its effects and later ones are lost"
+        if self._worker is not None and self._worker.alive:
+            return lost
+        # The failed replay took the worker with it: start again with the good prefix.
+        self._kill()
+        self._worker = self._sandbox._spawn_checked()
+        if self._replay() is None:
+            return lost
+        # The prefix failed this time too: give up on the state rather than loop.
+        self._history.clear()
+        self._kill()
+        self._worker = self._sandbox._spawn_checked()
+        return f"{lost}, and replaying the snippets before it failed as well: every earlier variable is lost"
+
+    def _replay(self) -> tuple[int, str] | None:
+        """Run the history in the current worker; (index, what happened) of the first failure."""
         for i, code in enumerate(self._history):
             result = self._execute(code, self._sandbox.timeout)
             if result.timed_out or result.error is not None:
                 what = "timed out" if result.timed_out else f"failed: {result.error.strip().splitlines()[-1]}"
-                # Keep what replayed; drop the rest so later rebuilds do not repeat the failure.
-                del self._history[i:]
-                if self._worker is None:  # the replay was killed: start clean with the good prefix
-                    self._worker = self._sandbox._spawn_checked()
-                    for good in self._history:
-                        self._execute(good, self._sandbox.timeout)
-                return f"replay of earlier snippet {i + 1} {what}; its effects and later ones are lost"
+                return i, what
         return None
 
     def close(self) -> None:

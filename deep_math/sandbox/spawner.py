@@ -95,22 +95,38 @@ class WorkerConfig:
     max_output_chars: int
 
 
+class SpawnError(RuntimeError):
+    """One worker could not be started (the zygote refused or did not answer); other sessions and
+    the zygote itself are unaffected."""
+
+
 class Zygote:
-    """Owns the zygote process. `spawn()` is thread-safe (one fork at a time)."""
+    """Owns the zygote process. `spawn()` is thread-safe (one fork at a time).
+
+    request_timeout_s: how long a spawn request waits for the zygote's answer; past it that spawn
+    fails (SpawnError) and a late answer is discarded when it comes. A dead zygote (EOF on the
+    control socket) is restarted once.
+    """
+
+    request_timeout_s = 30.0
 
     def __init__(self, config: WorkerConfig):
         self.config = config
         self._lock = threading.Lock()
         self._proc: subprocess.Popen | None = None
         self._ctrl: socket.socket | None = None
+        self._next_id = 0
         self._start()
+
+    def _bootstrap(self) -> str:
+        """The Python code the zygote interpreter runs (a seam for tests)."""
+        return f"import sys; sys.path[0:0] = {zygote_sys_path()!r}; from deep_math.sandbox.zygote import main; main()"
 
     def _start(self) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         cfg = json.dumps(self.config.__dict__)
-        bootstrap = f"import sys; sys.path[0:0] = {zygote_sys_path()!r}; from deep_math.sandbox.zygote import main; main()"
         self._proc = subprocess.Popen(
-            [sys.executable, "-I", "-c", bootstrap, str(theirs.fileno()), cfg],
+            [sys.executable, "-I", "-c", self._bootstrap(), str(theirs.fileno()), cfg],
             env=_minimal_env(),
             pass_fds=(theirs.fileno(),),
             stdin=subprocess.DEVNULL,
@@ -132,37 +148,73 @@ class Zygote:
         logger.debug("sandbox zygote started, pid %d", self._proc.pid)
 
     def spawn(self) -> WorkerHandle:
-        """Fork a new worker and wait for its hello. Restarts a dead zygote once."""
+        """Fork a new worker and wait for its hello. Restarts a dead zygote once. Raises
+        SpawnError when only this worker failed (refused or unanswered request, no hello)."""
         parent_end, worker_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            with self._lock:
-                try:
-                    pid, pidfd = self._request(worker_end)
-                except OSError as exc:
-                    if self._ctrl is None:
-                        raise RuntimeError("the sandbox is closed") from exc
-                    logger.warning("sandbox zygote is gone (%s); restarting it", exc)
-                    self._stop()
-                    self._start()
-                    pid, pidfd = self._request(worker_end)
-        finally:
-            worker_end.close()
+            try:
+                with self._lock:
+                    pid, pidfd = self._request_or_restart(worker_end)
+            finally:
+                worker_end.close()
+        except BaseException:
+            parent_end.close()  # a worker forked late for this request sees EOF and exits
+            raise
         try:
             hello = recv_msg(parent_end, 1 << 16, time.monotonic() + _WORKER_HELLO_TIMEOUT_S)
             layers = Layers.from_json(hello["hello"])
         except (TimeoutError, ProtocolError, KeyError, TypeError) as exc:
             WorkerHandle(parent_end, pid, pidfd, Layers()).kill()
-            raise RuntimeError(f"sandbox worker failed to start: {exc!r}") from exc
+            raise SpawnError(f"sandbox worker failed to start: {exc!r}") from exc
         return WorkerHandle(parent_end, pid, pidfd, layers)
 
+    def _request_or_restart(self, worker_end: socket.socket) -> tuple[int, int]:
+        try:
+            return self._request(worker_end)
+        except SpawnError:
+            raise
+        except TimeoutError as exc:
+            raise SpawnError(
+                f"the sandbox zygote did not answer a spawn request within {self.request_timeout_s:g} s"
+            ) from exc
+        except OSError as exc:
+            if self._ctrl is None:
+                raise RuntimeError("the sandbox is closed") from exc
+            logger.warning("sandbox zygote is gone (%s); restarting it", exc)
+            self._stop()
+            self._start()
+            return self._request(worker_end)
+
     def _request(self, worker_end: socket.socket) -> tuple[int, int]:
+        """One spawn request and its answer (replies to earlier, abandoned requests are dropped)."""
         if self._ctrl is None:
             raise OSError("no zygote")
-        socket.send_fds(self._ctrl, [b"spawn"], [worker_end.fileno()])
-        msg, fds, _, _ = socket.recv_fds(self._ctrl, 1024, 1)
-        if not msg or len(fds) != 1:
-            raise ConnectionError("zygote closed the control socket")
-        return json.loads(msg)["pid"], fds[0]
+        self._next_id += 1
+        request_id = self._next_id
+        deadline = time.monotonic() + self.request_timeout_s
+        self._ctrl.settimeout(self.request_timeout_s)
+        socket.send_fds(self._ctrl, [f"spawn {request_id}".encode()], [worker_end.fileno()])
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError
+            self._ctrl.settimeout(remaining)
+            msg, fds, _, _ = socket.recv_fds(self._ctrl, 1024, 1)
+            if not msg:
+                raise ConnectionError("zygote closed the control socket")
+            try:
+                reply = json.loads(msg)
+            except ValueError as exc:
+                raise ConnectionError(f"zygote sent a malformed reply: {msg[:64]!r}") from exc
+            if reply.get("id") != request_id or "error" in reply:
+                for fd in fds:  # the pidfd of a worker nobody waits for: it exits on EOF
+                    os.close(fd)
+                if reply.get("id") == request_id:
+                    raise SpawnError(f"the sandbox zygote could not start a worker: {reply['error']}")
+                continue
+            if len(fds) != 1:
+                raise ConnectionError("zygote answered without a pidfd")
+            return int(reply["pid"]), fds[0]
 
     def _stop(self) -> None:
         if self._ctrl is not None:

@@ -5,9 +5,13 @@ caller's threads, torch state and secrets are never inherited by workers. It imp
 scipy and the allowed stdlib modules once (with numerical thread pools limited to one thread), then
 serves fork requests on its control socket:
 
-    parent -> zygote: b"spawn" + one fd (the worker's end of a fresh socketpair)
-    zygote -> parent: {"pid": ...} + one fd (a pidfd of the new worker, for a race-free kill)
+    parent -> zygote: b"spawn <id>" + one fd (the worker's end of a fresh socketpair)
+    zygote -> parent: {"id": <id>, "pid": ...} + one fd (a pidfd of the new worker, for a
+                      race-free kill), or {"id": <id or null>, "error": "..."} and no fd when the
+                      request was malformed or the fork failed (only that request fails: live
+                      workers are untouched)
 
+The id lets the parent discard a late reply to a request it stopped waiting for.
 The zygote never runs model code. On EOF of the control socket (the parent exited or crashed) it
 kills every worker it forked and exits; workers also carry PR_SET_PDEATHSIG against the zygote.
 """
@@ -65,9 +69,17 @@ def preimport() -> None:
     import deep_math.sandbox.worker  # noqa: F401
 
 
-def _spawn(ctrl: socket.socket, worker_fd: int, config: dict, children: dict[int, int]) -> None:
+def _spawn(
+    ctrl: socket.socket, worker_fd: int, config: dict, children: dict[int, int], request_id: int
+) -> None:
+    """Fork one worker and send its pid and pidfd. Raises OSError when the fork or the pidfd fails
+    (nothing is left behind: the worker fd is closed, a forked child is killed)."""
     zygote_pid = os.getpid()
-    pid = os.fork()
+    try:
+        pid = os.fork()
+    except OSError:
+        os.close(worker_fd)
+        raise
     if pid == 0:  # the worker
         try:
             from deep_math.sandbox import worker
@@ -77,9 +89,24 @@ def _spawn(ctrl: socket.socket, worker_fd: int, config: dict, children: dict[int
         finally:
             os._exit(1)
     os.close(worker_fd)
-    pidfd = os.pidfd_open(pid)
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:
+        os.kill(pid, signal.SIGKILL)
+        raise
     children[pid] = pidfd
-    socket.send_fds(ctrl, [json.dumps({"pid": pid}).encode()], [pidfd])
+    socket.send_fds(ctrl, [json.dumps({"id": request_id, "pid": pid}).encode()], [pidfd])
+
+
+def _request_id(msg: bytes) -> int | None:
+    """The id of a well-formed request b"spawn <id>", else None."""
+    verb, _, rid = msg.partition(b" ")
+    return int(rid) if verb == b"spawn" and rid.isdigit() else None
+
+
+def _refuse(ctrl: socket.socket, request_id: int | None, error: str) -> None:
+    logger.error("zygote: %s", error)
+    ctrl.send(json.dumps({"id": request_id, "error": error}).encode())
 
 
 def _reap_exited(children: dict[int, int]) -> None:
@@ -107,13 +134,17 @@ def serve(ctrl_fd: int, config: dict) -> None:
             msg, fds, _, _ = socket.recv_fds(ctrl, 1024, 4)
             if not msg:
                 break
-            if msg == b"spawn" and len(fds) == 1:
-                _reap_exited(children)
-                _spawn(ctrl, fds[0], config, children)
-            else:
+            request_id = _request_id(msg)
+            if request_id is None or len(fds) != 1:
                 for fd in fds:
                     os.close(fd)
-                logger.error("zygote: unexpected request %r", msg[:64])
+                _refuse(ctrl, request_id, f"malformed spawn request {msg[:64]!r} with {len(fds)} fds")
+                continue
+            _reap_exited(children)
+            try:
+                _spawn(ctrl, fds[0], config, children, request_id)
+            except OSError as exc:  # a failed fork (no memory, no pids, no fds) fails this request only
+                _refuse(ctrl, request_id, f"could not fork a worker: {exc}")
     except OSError as exc:
         logger.debug("zygote control socket closed: %s", exc)
     finally:
