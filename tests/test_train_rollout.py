@@ -124,3 +124,10 @@ def test_derive_seed_is_deterministic_and_separates_paths():
     }
     assert len(seeds) == 100 and all(0 <= s < 2**63 for s in seeds)
     assert derive_seed(1, 1) != derive_seed(1, "1")
+
+
+def test_a_trace_without_known_spans_leaves_the_reward_to_parse_the_completion():
+    trace = Trace(prompt_ids=[1], completion_ids=[5], logprobs=[0.0], env_mask=[1], text="a")
+    assert trace.tool_output_spans is None  # e.g. from an older agent server
+    out = traces_to_rollout([trace], max_completion_length=10, pad_token_id=0)
+    assert out["trace_text"] == [None] and out["tool_output_spans"] == [None]

@@ -91,6 +91,7 @@ class AgentRunner:
         trace.model_tokens = len(result.token_ids)
         trace.steps = 1
         trace.text = result.text
+        trace.tool_output_spans = []  # plain generation: no tool output anywhere in the text
         if result.finish_reason == "length" and len(result.token_ids) >= params.max_tokens:
             trace.finish_reason = "budget"  # truncated, even after a drafted box
         elif has_answer(result.text):

@@ -18,8 +18,9 @@ class Trace:
     completion id: the engine's logprob on model tokens, 0.0 on observation tokens.
     text is the decoding of completion_ids without a final EOS token (for display and grading;
     never re-encoded). tool_output_spans: the (start, end) character offsets in `text` of each
-    observation, where the agent inserted it: grading locates tool output by these, never by
-    parsing the text (`deep_math.evaluation.extract`).
+    observation, where the agent inserted it: grading locates tool output by these rather than
+    by parsing the text (`deep_math.evaluation.extract`); None where they are unknown (a trace
+    from an older server, a failed trace), which falls back to parsing.
     """
 
     prompt_ids: list[int]
@@ -27,7 +28,7 @@ class Trace:
     logprobs: list[float] = field(default_factory=list)
     env_mask: list[int] = field(default_factory=list)
     text: str = ""
-    tool_output_spans: list[tuple[int, int]] = field(default_factory=list)
+    tool_output_spans: list[tuple[int, int]] | None = None  # None: unknown (parse the text)
     model_tokens: int = 0
     tool_tokens: int = 0
     tool_calls: int = 0
@@ -56,8 +57,9 @@ class Trace:
             "sandbox_errors": self.sandbox_errors,
             "steps": self.steps,
             "finish_reason": self.finish_reason,
-            "tool_output_spans": [list(span) for span in self.tool_output_spans],
         }
+        if self.tool_output_spans is not None:
+            rec["tool_output_spans"] = [list(span) for span in self.tool_output_spans]
         if self.error:
             rec["error"] = self.error
         return rec

@@ -17,7 +17,8 @@ prompt, in order:
   (None, or the error message: the rewards then return None, so the trace gets advantage 0),
   `trace_text` and `tool_output_spans` (the trace's text and where the agent inserted tool output
   in it, so the accuracy reward never reads tool output as the model's answer; None for a
-  completion cut to `max_completion_length`, whose reward reads the completion itself).
+  completion cut to `max_completion_length` or a trace without known spans, whose reward parses
+  the completion itself).
 
 The sampling temperature is read from `trainer.temperature` at every call, which the temperature
 schedule updates (`deep_math/training/trainer.py`).
@@ -113,9 +114,9 @@ def traces_to_rollout(
         out["env_mask"].append(mask)
         out["finish_reason"].append(finish)
         out["trace_error"].append(trace.error if finish == "error" else None)
-        whole = n <= max_completion_length
-        out["trace_text"].append(trace.text if whole else None)
-        out["tool_output_spans"].append([list(span) for span in trace.tool_output_spans] if whole else None)
+        located = n <= max_completion_length and trace.tool_output_spans is not None
+        out["trace_text"].append(trace.text if located else None)
+        out["tool_output_spans"].append([list(span) for span in trace.tool_output_spans] if located else None)
         for name in STAT_COLUMNS:
             out[name].append(int(getattr(trace, name)))
     return out
