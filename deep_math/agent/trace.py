@@ -35,7 +35,7 @@ class Trace:
     tool_errors: int = 0  # snippets that failed, and tool calls with nothing to run
     tool_timeouts: int = 0
     sandbox_errors: int = 0  # snippets that failed inside the sandbox, not in the model's code
-    steps: int = 0
+    steps: int = 0  # generation calls (a continuation at the per-step cap is one more)
     finish_reason: TraceFinish = "eos"
     error: str | None = None
 
