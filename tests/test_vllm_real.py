@@ -263,12 +263,16 @@ def test_agent_generate_under_load_with_disconnects_and_an_over_long_prompt(serv
 # --- the entry points ----------------------------------------------------------------------
 
 
-def test_inference_py_with_vllm_end_to_end(tmp_path):
+@pytest.mark.parametrize("data_parallel", [1, 2])
+def test_inference_py_with_vllm_end_to_end(data_parallel, tmp_path):
+    """Data parallel as `vllm serve --data-parallel-size` runs it: AsyncLLM starts one engine core
+    per rank behind vLLM's coordinator (about 5 minutes here for DP=2 on 2 cores)."""
     out = tmp_path / "vllm.jsonl"
     # 2048: the agent prompt (few-shot examples) is ~1000 tokens, and a trace must fit its context.
     args = {**ENGINE_ARGS, "max_model_len": 2048}
     overrides = [f"+model.vllm_params.{k}={str(v).lower()}" for k, v in args.items()]
     cmd = [sys.executable, "inference.py", "+model.use_vllm=true", "+model.math_agent=true", "limit=2",
+           f"+model.data_parallel_size={data_parallel}",
            "model.sampling=2", "+model.max_agent_output=96", "model.generation.max_new_tokens=48",
            f"generated_file={out}", "+progress=false", *overrides]  # fmt: skip
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
