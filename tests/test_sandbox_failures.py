@@ -75,7 +75,7 @@ def test_a_malformed_spawn_request_gets_a_reply():
 
 def test_a_zygote_that_does_not_answer_fails_that_spawn_only():
     class SlowSecondSpawn(PatchedZygote):
-        request_timeout_s = 2.0
+        request_timeout_s = 3.0  # the third request then waits ~1 s of its 3 for the zygote to wake
         patch = textwrap.dedent(
             """
             import time
@@ -84,7 +84,7 @@ def test_a_zygote_that_does_not_answer_fails_that_spawn_only():
             def _slow_second(*args):
                 _calls.append(1)
                 if len(_calls) == 2:
-                    time.sleep(3.0)
+                    time.sleep(4.0)
                 return _spawn(*args)
             _z._spawn = _slow_second
             """
