@@ -3,6 +3,8 @@ the caller or the other sessions, and the model is told the truth about lost sta
 
 from __future__ import annotations
 
+import os
+import socket
 import sys
 import textwrap
 
@@ -97,6 +99,27 @@ def test_a_zygote_that_does_not_answer_fails_that_spawn_only():
             zygote.spawn()
         third = zygote.spawn()  # the late answer to the second request is discarded
         assert serves(third) and serves(first)
+    finally:
+        zygote.close()
+
+
+def test_a_pidfd_that_cannot_be_received_fails_that_spawn_only(monkeypatch):
+    zygote = Zygote(CONFIG)
+    try:
+        first = zygote.spawn()
+        real = socket.recv_fds
+
+        def out_of_fds(sock, bufsize, maxfds, flags=0):  # as with no free descriptor (MSG_CTRUNC)
+            msg, fds, msg_flags, address = real(sock, bufsize, maxfds, flags)
+            for fd in fds:
+                os.close(fd)
+            return msg, [], msg_flags, address
+
+        monkeypatch.setattr(socket, "recv_fds", out_of_fds)
+        with pytest.raises(SpawnError, match="pidfd"):
+            zygote.spawn()
+        monkeypatch.undo()
+        assert serves(first) and serves(zygote.spawn())  # no zygote restart killed the live worker
     finally:
         zygote.close()
 

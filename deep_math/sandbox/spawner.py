@@ -212,8 +212,12 @@ class Zygote:
                 if reply.get("id") == request_id:
                     raise SpawnError(f"the sandbox zygote could not start a worker: {reply['error']}")
                 continue
-            if len(fds) != 1:
-                raise ConnectionError("zygote answered without a pidfd")
+            if len(fds) != 1:  # no free descriptor here for the pidfd: this spawn fails, the zygote is fine
+                for fd in fds:
+                    os.close(fd)
+                raise SpawnError(
+                    "the sandbox could not receive the new worker's pidfd (out of file descriptors?)"
+                )
             return int(reply["pid"]), fds[0]
 
     def _stop(self) -> None:
