@@ -27,7 +27,10 @@ What is covered (each layer has tests in tests/test_sandbox.py):
    the timeout; no handler, thread or ignored signal in the worker survives SIGKILL. The worker's
    environment is empty; workers die with the zygote (PR_SET_PDEATHSIG), which dies with the caller
    (EOF of its control socket). Output is bounded while it is captured.
-A killed or crashed session is rebuilt on its next run by replaying its successful snippets.
+A killed or crashed session is rebuilt on its next run by replaying its successful snippets; a
+replay that fails is told to the model in that run's output, with what was lost. A worker that
+cannot be started (failed fork, no descriptors, a zygote that does not answer in time) fails
+only that session or run (`SpawnError`); the zygote and the other sessions go on.
 A run's `kind` tells the model's own errors ("error", "timeout") from failures it cannot fix
 ("sandbox_error": the worker died, the sandbox's own code raised, or a rebuild's replay failed);
 the agent counts the latter as `sandbox_errors`, apart from `tool_errors`.
@@ -44,5 +47,6 @@ Output printed before a timeout is lost with the killed worker. Linux only.
 from deep_math.sandbox.oslimits import Layers
 from deep_math.sandbox.policy import ALLOWED_MODULES
 from deep_math.sandbox.sandbox import RunResult, Sandbox, Session
+from deep_math.sandbox.spawner import SpawnError
 
-__all__ = ["ALLOWED_MODULES", "Layers", "RunResult", "Sandbox", "Session"]
+__all__ = ["ALLOWED_MODULES", "Layers", "RunResult", "Sandbox", "Session", "SpawnError"]
