@@ -38,7 +38,7 @@ fi
 if [[ $section == vllm-cpu ]]; then
   out=outputs/example-vllm-cpu
   export VLLM_CPU_KVCACHE_SPACE=${VLLM_CPU_KVCACHE_SPACE:-2}   # GiB of KV cache per vLLM engine
-  vllm='{"enforce_eager": true, "dtype": "bfloat16", "max_model_len": 2048}'
+  vllm='{"enforce_eager": true, "dtype": "float32", "max_model_len": 2048}'
   # 1. The agent server on real vLLM (CPU build), and the GRPO trainer pulling traces from it; every
   #    step pushes the policy's weights into vLLM over HTTP.
   python -m deep_math.vllm_serve_agent --engine vllm --engine_kwargs "$vllm" --max_steps 3 \
@@ -50,7 +50,7 @@ if [[ $section == vllm-cpu ]]; then
   kill $server; trap - EXIT
   # 2. vLLM inference: baseline, agent, agent + the trained adapter (LoRA served by vLLM).
   common="limit=4 model.sampling=2 +model.use_vllm=true +model.max_agent_output=256 model.generation.max_new_tokens=256
-    +model.vllm_params.enforce_eager=true +model.vllm_params.dtype=bfloat16 +model.vllm_params.max_model_len=2048"
+    +model.vllm_params.enforce_eager=true +model.vllm_params.dtype=float32 +model.vllm_params.max_model_len=2048"
   python inference.py $common generated_file=$out/baseline.jsonl
   python inference.py $common +model.math_agent=true generated_file=$out/agent.jsonl
   python inference.py $common +model.math_agent=true model.lora_path=$out/train generated_file=$out/agent-lora.jsonl

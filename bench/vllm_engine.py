@@ -34,7 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
-ENGINE_ARGS = {"dtype": "bfloat16", "enforce_eager": True, "max_model_len": 2048, "max_num_seqs": 64}
+ENGINE_ARGS = {"dtype": "float32", "enforce_eager": True, "max_model_len": 2048, "max_num_seqs": 64}
 OBSERVATION = 24  # tokens folded in after each tool call
 LENGTHS = (8, 16, 32, 64, 128)
 
