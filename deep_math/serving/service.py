@@ -18,6 +18,7 @@ from deep_math.engines.base import (
     WeightsUpdatable,
 )
 from deep_math.engines.weights import state_dict_hash
+from deep_math.seeds import derive_seed
 from deep_math.serving.config import PROTOCOL_VERSION, ServerConfig
 
 log = logging.getLogger(__name__)
@@ -207,7 +208,11 @@ class AgentService:
         requests = []
         for p in prompts:
             for k in range(n):
-                s = sampling_from_json({**params, "seed": None if seed is None else int(seed) + k})
+                # The first sample keeps the request's seed; the others get derived, independent streams.
+                k_seed = (
+                    None if seed is None else int(seed) if k == 0 else derive_seed(int(seed), "completion", k)
+                )
+                s = sampling_from_json({**params, "seed": k_seed})
                 requests.append(GenRequest(list(p), s, lora_path))
         results = self.engine.generate(requests)
         want_logprobs = body.get("logprobs") is not None
