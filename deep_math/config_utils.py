@@ -45,15 +45,20 @@ def _unwrap_optional(tp: Any) -> Any:
     return tp
 
 
-def build_dataclass(cls: type, data: Mapping[str, Any] | None, path: str = "") -> Any:
-    """Recursively build dataclass `cls` from a plain mapping; unknown keys raise ConfigError."""
+def build_dataclass(
+    cls: type, data: Mapping[str, Any] | None, path: str = "", aliases: tuple[str, ...] = ()
+) -> Any:
+    """Recursively build dataclass `cls` from a plain mapping; unknown keys raise ConfigError.
+    aliases: dotted legacy keys that are also accepted spellings ("model.max_steps"), offered as
+    did-you-mean suggestions next to the schema's own names."""
     data = dict(data or {})
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = [k for k in data if k not in fields]
     if unknown:
         where = path or cls.__name__
-        msgs = [f"'{k}'{_suggest(k, list(fields))}" for k in unknown]
+        spellings = list(fields) + [a.rpartition(".")[2] for a in aliases if a.rpartition(".")[0] == path]
+        msgs = [f"'{k}'{_suggest(k, spellings)}" for k in unknown]
         raise ConfigError(
             f"Unknown config key(s) in {where}: {', '.join(msgs)}. Valid keys: {sorted(fields)}"
         )
@@ -62,7 +67,7 @@ def build_dataclass(cls: type, data: Mapping[str, Any] | None, path: str = "") -
         tp = _unwrap_optional(hints[name])
         sub = f"{path}.{name}" if path else name
         if _is_dataclass_type(tp) and isinstance(value, Mapping):
-            kwargs[name] = build_dataclass(tp, value, sub)
+            kwargs[name] = build_dataclass(tp, value, sub, aliases)
         else:
             kwargs[name] = value
     try:
@@ -111,4 +116,4 @@ def to_schema(cfg: Any, cls: type, legacy: Mapping[str, Any] | None = None) -> A
     data.pop("hydra", None)
     if legacy:
         data = apply_legacy(data, legacy)
-    return build_dataclass(cls, data)
+    return build_dataclass(cls, data, aliases=tuple(legacy or ()))

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from deep_math.agent.config import AgentConfig
 from deep_math.config_utils import ConfigError, to_schema
 from deep_math.inference.config import LEGACY_KEYS, InferenceConfig
 from deep_math.inference.records import GeneratedFile
@@ -24,6 +25,7 @@ CHILD = textwrap.dedent(
     """
     import sys, time
     from deep_math.engines.scripted import ScriptedEngine
+    from deep_math.agent.config import AgentConfig
     from deep_math.inference.config import InferenceConfig, ModelConfig
     from deep_math.inference.run import run_inference
     from deep_math.models import load_tokenizer
@@ -34,7 +36,7 @@ CHILD = textwrap.dedent(
 
     engine = ScriptedEngine(load_tokenizer(None), script)
     cfg = InferenceConfig(generated_file=sys.argv[1], limit=int(sys.argv[2]), progress=False,
-                          model=ModelConfig(math_agent=True, sampling=2, max_concurrency=1))
+                          model=ModelConfig(math_agent=True, sampling=2), agent=AgentConfig(max_concurrency=1))
     print(run_inference(cfg, engine=engine).line(), flush=True)
     """
 )
@@ -116,7 +118,7 @@ def test_paper_overrides_map_onto_the_schema():
         InferenceConfig,
         LEGACY_KEYS,
     )
-    assert cfg.model.engine == "vllm" and cfg.model.max_agent_output == 20000
+    assert cfg.model.engine == "vllm" and cfg.agent.max_agent_output == 20000
     assert cfg.model.template == "agent" and cfg.model.generation.max_new_tokens == 3000
 
 
@@ -155,8 +157,12 @@ def test_meta_records_each_arms_budget_and_both_arms_get_the_same_total():
     from deep_math.inference.config import ModelConfig
     from deep_math.inference.run import build_meta
 
-    agent = build_meta(InferenceConfig(model=ModelConfig(math_agent=True, max_agent_output=5000)))
-    baseline = build_meta(InferenceConfig(model=ModelConfig(math_agent=False, max_agent_output=5000)))
+    agent = build_meta(
+        InferenceConfig(model=ModelConfig(math_agent=True), agent=AgentConfig(max_agent_output=5000))
+    )
+    baseline = build_meta(
+        InferenceConfig(model=ModelConfig(math_agent=False), agent=AgentConfig(max_agent_output=5000))
+    )
     assert agent["budget"]["total_tokens"] == baseline["budget"]["total_tokens"] == 5000
     assert agent["budget"]["tokens_per_call"] == 3000 and baseline["budget"]["tokens_per_call"] is None
 
@@ -213,3 +219,17 @@ def test_resume_reads_an_older_file_with_raw_line_separators(tmp_path):
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     with GeneratedFile(path, {}) as f:
         assert f.done_ids == {"0", "1"}
+
+
+def test_one_agent_setting_reaches_all_three_entry_points(tmp_path):
+    """agent.sandbox_memory_mb is one AgentConfig field: inference (agent.*), training (agent.*) and
+    the server (--sandbox_memory_mb / agent: in its YAML) all set it, and the runner gets it."""
+    from deep_math.serving.config import parse_args
+    from deep_math.testing import compose_entry
+
+    inference = compose_entry("inference.py", ["agent.sandbox_memory_mb=4096", "+model.max_steps=7"])
+    training = compose_entry("training.py", ["agent.sandbox_memory_mb=4096"])
+    server = parse_args(["--sandbox_memory_mb", "4096", "--max_steps", "7"])
+    for cfg in (inference, training, server):
+        assert isinstance(cfg.agent, AgentConfig) and cfg.agent.sandbox_memory_mb == 4096
+    assert inference.agent.max_steps == server.agent.max_steps == 7  # the paper's flat spellings

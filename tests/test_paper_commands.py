@@ -131,7 +131,7 @@ def test_inference_commands_reach_the_vllm_engine(contains, monkeypatch, tmp_pat
         assert (g.max_new_tokens, g.do_sample, g.sampling_temperature()) == (20000, True, 0.6)
     else:
         assert cfg.model.math_agent and cfg.model.examples == "deep_math/fewshot.txt"
-        assert (cfg.model.max_steps, cfg.model.max_agent_output, g.max_new_tokens) == (50, 20000, 3000)
+        assert (cfg.agent.max_steps, cfg.agent.max_agent_output, g.max_new_tokens) == (50, 20000, 3000)
     if contains == "trained-agent":
         assert built["lora_path"] == "/PATH/TO/CHECKPOINT" and built["max_lora_rank"] == 32
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from deep_math.agent.config import AgentConfig
 from deep_math.inference.config import GenerationConfig, InferenceConfig, ModelConfig
 from deep_math.inference.run import run_inference
 
@@ -14,10 +15,10 @@ def test_inference_on_embedded_model_writes_consistent_records(tmp_path):
         limit=2,
         generated_file=str(out),
         progress=False,
+        agent=AgentConfig(max_agent_output=48, max_steps=2),
         model=ModelConfig(
+            math_agent=True,
             sampling=2,
-            max_agent_output=48,
-            max_steps=2,
             device="cpu",
             generation=GenerationConfig(temperature=0.7, max_new_tokens=32, seed=0),
         ),

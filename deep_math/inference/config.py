@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from deep_math.agent.config import AgentConfig, flat_agent_keys
+
 ENGINE_KWARGS = {
     "transformers": ("model_name_or_path", "device", "dtype", "lora_path", "max_batch_size"),
     "vllm": (
@@ -22,7 +24,7 @@ ENGINE_KWARGS = {
 @dataclass
 class GenerationConfig:
     """Sampling of every generation call. max_new_tokens caps one step (one generation call);
-    model.max_agent_output caps the whole trace. do_sample=false decodes greedily (temperature 0)."""
+    agent.max_agent_output caps the whole trace. do_sample=false decodes greedily (temperature 0)."""
 
     def sampling_temperature(self) -> float:
         return self.temperature if self.do_sample else 0.0
@@ -44,11 +46,6 @@ class ModelConfig:
     sampling: int = 1  # samples per problem (16 for maj@16)
     template: str | None = None  # None: "agent" with math_agent, else "baseline"
     examples: str | None = "deep_math/fewshot.txt"  # few-shot examples (agent template only)
-    max_steps: int = 50
-    max_agent_output: int = 5000
-    max_concurrency: int = 64
-    sandbox_timeout: float = 20.0
-    allow_degraded_network: bool = False  # see AgentConfig: only where the sandbox cannot block the network
     device: str = "auto"
     dtype: str = "auto"
     max_batch_size: int = 32
@@ -93,6 +90,9 @@ class InferenceConfig:
     overwrite: bool = False  # start the generated file afresh instead of resuming it
     progress: bool = True
     model: ModelConfig = field(default_factory=ModelConfig)
+    # The agent loop: one schema with training's agent.* and the server's (max_steps, max_agent_output,
+    # sandbox_timeout, sandbox_memory_mb, ...); the paper's flat +model.max_steps=50 maps onto it.
+    agent: AgentConfig = field(default_factory=AgentConfig)
 
     def __post_init__(self) -> None:
         if self.limit is not None and self.limit < 1:
@@ -106,6 +106,7 @@ def _use_vllm(value: Any, data: dict) -> None:
 
 # The paper's command-line keys that are not schema keys, mapped onto the schema.
 LEGACY_KEYS = {
+    **flat_agent_keys("model."),  # +model.max_steps=50 -> agent.max_steps
     "model.use_vllm": _use_vllm,
     "model.generation.max_tokens": "model.generation.max_new_tokens",
     "dataset": "hf_tag",

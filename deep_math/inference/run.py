@@ -7,7 +7,6 @@ import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass
 
-from deep_math.agent.config import AgentConfig
 from deep_math.agent.trace import Trace
 from deep_math.engines.base import SamplingParams
 from deep_math.inference.config import InferenceConfig
@@ -49,12 +48,14 @@ def build_meta(cfg: InferenceConfig) -> dict:
         "template": m.template,
         "examples": m.examples if m.math_agent else None,
         "samples": m.sampling,
-        "max_steps": m.max_steps,
-        "max_agent_output": m.max_agent_output,
+        "max_steps": cfg.agent.max_steps,
+        "max_agent_output": cfg.agent.max_agent_output,
         # What this arm could generate per trace: the same total for baseline and agent.
         "budget": {
-            "total_tokens": m.max_agent_output,
-            "tokens_per_call": min(m.generation.max_new_tokens, m.max_agent_output) if m.math_agent else None,
+            "total_tokens": cfg.agent.max_agent_output,
+            "tokens_per_call": min(m.generation.max_new_tokens, cfg.agent.max_agent_output)
+            if m.math_agent
+            else None,
         },
         "sampling": asdict(m.generation),
         "dataset": cfg.hf_tag or "sample",
@@ -129,13 +130,7 @@ def run_inference(cfg: InferenceConfig, engine=None) -> RunSummary:
         if own_engine:
             engine = build_engine(m.engine, **m.engine_kwargs())
         examples = load_examples(m.examples) if m.math_agent and m.examples else ""
-        agent_cfg = AgentConfig(
-            max_steps=m.max_steps,
-            max_agent_output=m.max_agent_output,
-            max_concurrency=m.max_concurrency,
-            sandbox_timeout=m.sandbox_timeout,
-            allow_degraded_network=m.allow_degraded_network,
-        )
+        agent_cfg = cfg.agent
         prompts, params, owners = [], [], []
         g = m.generation
         for i in todo:
