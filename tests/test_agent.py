@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
 
@@ -172,14 +171,17 @@ def test_engine_error_ends_only_that_trace(tokenizer, sandbox):
 def test_runner_keeps_traces_in_flight_together(tokenizer, sandbox):
     class SlowEngine(RecordingEngine):
         in_flight = peak = 0
-        lock = threading.Lock()
+        changed = threading.Condition()
 
         def generate(self, requests):
-            with self.lock:
+            # A model call that waits (up to 2 s) for 4 calls to be in flight together: a runner that
+            # keeps traces in flight gets there at once, a sequential one never does. (A fixed sleep
+            # made the peak depend on how busy the machine was.)
+            with self.changed:
                 self.in_flight += 1
                 self.peak = max(self.peak, self.in_flight)
-            time.sleep(0.05)  # a model call: other traces must be able to wait on it together
-            with self.lock:
+                self.changed.notify_all()
+                self.changed.wait_for(lambda: self.peak >= 4, timeout=2.0)
                 self.in_flight -= 1
             return super().generate(requests)
 
