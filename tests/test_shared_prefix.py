@@ -173,10 +173,11 @@ def test_engine_batches_attend_to_one_copy_of_the_prefix(model, monkeypatch):
 
 
 def sorted_top_p(scores: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
-    """The textbook definition: sort, drop a token once the mass before it reaches top_p."""
+    """The textbook definition: sort, drop a token once the mass before it reaches top_p; top_p 1
+    keeps everything (float32 cumsums can reach 1.0 before the tail, depending on summation order)."""
     sorted_scores, order = scores.sort(dim=-1, descending=True)
     probs = sorted_scores.softmax(dim=-1)
-    drop = (probs.cumsum(-1) - probs) >= top_p.unsqueeze(1)
+    drop = ((probs.cumsum(-1) - probs) >= top_p.unsqueeze(1)) & (top_p.unsqueeze(1) < 1.0)
     drop[:, 0] = False
     return torch.zeros_like(drop).scatter(1, order, drop)
 

@@ -63,7 +63,10 @@ def test_grpo_args_are_valid_trl_1_16_arguments(tmp_path):
     ("overrides", "message"),
     [
         (["+train.lerning_rate=1e-5"], r"'lerning_rate'.*Did you mean 'learning_rate'"),
-        (["+rewards.acc=1.0"], r"Unknown reward 'acc'.*Available: \['accuracy', 'code_use'\]"),
+        (
+            ["+rewards.acc=1.0"],
+            r"Unknown reward 'acc'.*Available: \['accuracy', 'code_use', 'code_use_gated'\]",
+        ),
         (
             ["temperature.temp_a_step=1000", "temperature.temp_b_step=200"],
             r"temp_a_step \(1000\) must be < temp_b_step \(200\)",
