@@ -38,7 +38,7 @@ fi
 if [[ $section == vllm-cpu ]]; then
   out=outputs/example-vllm-cpu
   export VLLM_CPU_KVCACHE_SPACE=${VLLM_CPU_KVCACHE_SPACE:-2}   # GiB of KV cache per vLLM engine
-  vllm='{"enforce_eager": true, "dtype": "float32", "max_model_len": 2048}'
+  vllm='{"enforce_eager": true, "dtype": "bfloat16", "max_model_len": 2048}'
   # 1. The agent server on real vLLM (CPU build), and the GRPO trainer pulling traces from it; every
   #    step pushes the policy's weights into vLLM over HTTP.
   python -m deep_math.vllm_serve_agent --engine vllm --engine_kwargs "$vllm" --max_steps 3 \

@@ -31,7 +31,7 @@ pytestmark = [
 ]
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB of KV cache per engine
-ENGINE_ARGS = {"dtype": "float32", "enforce_eager": True, "max_model_len": 1024, "max_num_seqs": 32}
+ENGINE_ARGS = {"dtype": "bfloat16", "enforce_eager": True, "max_model_len": 1024, "max_num_seqs": 32}
 GREEDY = SamplingParams(temperature=0.0, max_tokens=24)
 
 
