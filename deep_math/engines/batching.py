@@ -1,7 +1,8 @@
 """Micro-batching: many caller threads, one worker thread that runs batches.
 
 Used by engines whose backend is not thread-safe or gains from batching (transformers
-`generate`, vLLM's offline `LLM`). Callers block on futures; the worker waits up to `wait_s`
+`generate`; bench/vllm_engine.py's baseline over vLLM's offline `LLM`; the vLLM engine itself runs
+on AsyncLLM and needs none). Callers block on futures; the worker waits up to `wait_s`
 after the first queued request for more, takes at most `max_batch_size`, calls
 `run_batch(requests)` once and resolves the futures in order.
 
