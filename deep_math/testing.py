@@ -54,3 +54,17 @@ def compose_entry(script: str, args: list[str]) -> Any:
     from evaluation import LEGACY  # the entry script's own table of the paper's extra keys
 
     return to_schema(raw, EvaluationConfig, LEGACY)
+
+
+def distinct_chars(completions: list[Any], **kwargs: Any) -> list[float]:
+    """A reward for smoke runs of `training.py` on a random tiny model. The real rewards (accuracy,
+    code_use) are 0 for every completion of an untrained random model, so every advantage is 0 and
+    an optimizer step moves nothing; the fraction of distinct characters differs between random
+    completions, so loss and gradients are non-zero. As an import path:
+
+        python training.py ... '++rewards={deep_math.testing.distinct_chars:1.0}'
+    """
+    from deep_math.training.rewards import completion_text
+
+    texts = [completion_text(c) for c in completions]
+    return [len(set(t)) / max(len(t), 1) for t in texts]

@@ -431,3 +431,32 @@ def test_vllm_gpu_stop_string_tokens():
     assert cut.token_ids == free.token_ids[: len(cut.token_ids)]
     assert len(cut.logprobs) == len(cut.token_ids)
     engine.close()
+
+
+def test_reset_prefix_cache_route_calls_the_engine_or_says_it_has_none():
+    from deep_math.serving.service import HTTPError
+    from deep_math.vllm_serve_agent import AgentService, ServerConfig
+
+    class Plain:
+        name, tokenizer = "plain", None
+
+        def generate(self, requests):
+            return []
+
+        def close(self):
+            pass
+
+    class Cached(Plain):
+        resets = 0
+
+        def reset_prefix_cache(self):
+            self.resets += 1
+            return True
+
+    cached = Cached()
+    service = AgentService(ServerConfig(engine="scripted"), engine=cached, sandbox=types.SimpleNamespace())
+    assert service.reset_prefix_cache() == {"success": True} and cached.resets == 1
+    service = AgentService(ServerConfig(engine="scripted"), engine=Plain(), sandbox=types.SimpleNamespace())
+    with pytest.raises(HTTPError, match="no prefix cache to reset") as info:
+        service.reset_prefix_cache()
+    assert info.value.status == 501

@@ -1,4 +1,4 @@
-"""`bench/gpu_smoke.sh --cpu`: the GPU smoke script rehearsed on CPU, so that the one run a GPU
+"""`scripts/gpu_smoke.sh --cpu`: the GPU smoke script rehearsed on CPU, so that the one run a GPU
 session can afford is not its first. Uses DeepSpeed ZeRO-2 (configs/zero2.yaml, CPU accelerator,
 gloo) when deepspeed is importable, else the script's plain single-device accelerate config."""
 
@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.slow
 def test_gpu_smoke_script_rehearsed_on_cpu(tmp_path):
     proc = subprocess.run(
-        ["bash", str(ROOT / "bench" / "gpu_smoke.sh"), "--cpu", str(tmp_path / "smoke")],
+        ["bash", str(ROOT / "scripts" / "gpu_smoke.sh"), "--cpu", str(tmp_path / "smoke")],
         capture_output=True,
         text=True,
         timeout=900,

@@ -84,16 +84,12 @@ def test_observation_tokens_get_no_loss(tokenizer, tiny_dir, tmp_path):
         trainer.deep_math_rollout.close()
 
 
-def distinct_chars(completions, **kwargs):
-    """A test reward that varies between random-model completions (the real ones are all 0)."""
-    return [float(len(set(c)) % 5) for c in completions]
-
-
 def test_two_step_grpo_with_local_policy_rollouts(tiny_dir, tmp_path, monkeypatch):
     from peft import PeftModel
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
+    from deep_math.testing import distinct_chars
     from deep_math.training import rewards
 
     monkeypatch.setitem(rewards.REWARDS, "distinct_chars", distinct_chars)
@@ -126,6 +122,7 @@ def test_two_step_grpo_with_local_policy_rollouts(tiny_dir, tmp_path, monkeypatc
 
 
 def test_resume_continues_from_the_last_checkpoint(tiny_dir, tmp_path, monkeypatch):
+    from deep_math.testing import distinct_chars
     from deep_math.training import rewards
     from deep_math.training.builders import run_training
 
@@ -156,6 +153,7 @@ def test_lora_reference_sync_and_its_resume(tiny_dir, tmp_path, monkeypatch, syn
     the policy after every step, so the KL of step 2 is 0; without sync the reference stays the
     base model and the KL of step 2 is not. The synced run is interrupted after step 1 and resumed:
     a reference not restored from the checkpoint would be the base model again."""
+    from deep_math.testing import distinct_chars
     from deep_math.training import rewards
     from deep_math.training.builders import run_training
 

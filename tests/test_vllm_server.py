@@ -157,11 +157,11 @@ def test_two_step_grpo_through_the_server_syncs_weights(server, client, tiny_dir
     import copy
 
     from deep_math.data import Problem
+    from deep_math.testing import distinct_chars
     from deep_math.training import rewards
     from deep_math.training.builders import build_trainer, load_policy
     from deep_math.training.tiny import tiny_config
     from deep_math.vllm_serve_agent import state_dict_hash
-    from tests.test_train_grpo import distinct_chars
 
     monkeypatch.setitem(rewards.REWARDS, "distinct_chars", distinct_chars)
     cfg = tiny_config(

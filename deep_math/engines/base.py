@@ -119,3 +119,10 @@ class WeightsHashable(Protocol):
     """Says whether the served weights changed (a hash in the engine's own layout)."""
 
     def weights_hash(self) -> str: ...
+
+
+@runtime_checkable
+class PrefixCached(Protocol):
+    """Caches KV of prompt prefixes; `reset_prefix_cache` drops it (KV computed with old weights)."""
+
+    def reset_prefix_cache(self) -> Any: ...

@@ -299,7 +299,7 @@ class TransformersEngine:
     logprobs_mode: "processed" (default) or "raw" (see module docstring).
     prefix_cache: reuse the KV of prompt prefixes shared across calls (see PrefixCache); default
     on for a model the engine loaded, off for a passed-in one (its weights may change under us:
-    whoever turns it on for one calls `clear_prefix_cache` after each weight change).
+    whoever turns it on for one calls `reset_prefix_cache` after each weight change).
     chunk_tokens: generate a multi-row batch this many tokens at a time and drop finished rows in
     between (0: one generate call per batch).
     """
@@ -416,12 +416,13 @@ class TransformersEngine:
             if self._prefix is not None:
                 self._prefix.clear()
 
-    def clear_prefix_cache(self) -> None:
+    def reset_prefix_cache(self) -> bool:
         """Forget every cached prompt prefix (call after changing the model's weights in place
         by other means than `update_weights`, which clears it itself). Waits for a batch in flight."""
         with self._model_lock:
             if self._prefix is not None:
                 self._prefix.clear()
+        return True
 
     def load_lora(self, lora_path: str | None) -> None:
         """Serve `base model + adapter` (None: the plain base model) from now on.

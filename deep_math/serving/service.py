@@ -12,6 +12,7 @@ from typing import Any
 from deep_math.engines.base import (
     GenRequest,
     NCCLWeightReceiver,
+    PrefixCached,
     SamplingParams,
     UpdateWindow,
     WeightsHashable,
@@ -142,12 +143,9 @@ class AgentService:
         return {"processed": "processed_logprobs", "raw": "raw_logprobs"}.get(mode, mode)
 
     def reset_prefix_cache(self) -> dict[str, Any]:
-        reset = getattr(self.engine, "reset_prefix_cache", None) or getattr(
-            self.engine, "clear_prefix_cache", None
-        )
-        if reset is None:
+        if not isinstance(self.engine, PrefixCached):
             raise HTTPError(501, f"engine '{self.cfg.engine}' has no prefix cache to reset")
-        reset()
+        self.engine.reset_prefix_cache()
         return {"success": True}
 
     def server_info(self) -> dict[str, Any]:

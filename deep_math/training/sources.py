@@ -78,7 +78,7 @@ class PolicyTraceSource:
         model = trainer.accelerator.unwrap_model(trainer.model)
         was_training = model.training
         self._ensure(model)
-        self.engine.clear_prefix_cache()  # computed with the previous step's weights
+        self.engine.reset_prefix_cache()  # computed with the previous step's weights
         model.eval()
         try:
             return self.runner.run(prompt_ids, sampling)

@@ -1,4 +1,4 @@
-"""A tiny random model and a fast config, for the training tests and `bench/gpu_smoke.sh`.
+"""A tiny random model and a fast config, for the training tests and `scripts/gpu_smoke.sh`.
 
 The model is a 2-layer, hidden-64 Llama with the embedded tokenizer's vocabulary: GRPO steps on it
 take seconds on CPU, so recipe tests exercise the real trainer, LoRA, rollouts and checkpoints.
@@ -69,7 +69,7 @@ def tiny_config(model_dir: Path, output_dir: Path, **overrides):
     return build_dataclass(TrainingConfig, data)
 
 
-if __name__ == "__main__":  # python -m deep_math.training.tiny PATH (bench/gpu_smoke.sh, offline_bundle.sh)
+if __name__ == "__main__":  # python -m deep_math.training.tiny PATH (scripts/gpu_smoke.sh, offline_bundle.sh)
     import sys
 
     from deep_math.models import load_tokenizer

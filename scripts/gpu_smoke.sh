@@ -1,17 +1,17 @@
 #!/usr/bin/env bash
-# bash bench/gpu_smoke.sh [--cpu] [--bundle DIR] [output_dir]
+# bash scripts/gpu_smoke.sh [--cpu] [--bundle DIR] [output_dir]
 #
 # Smoke test of the training entry point on one GPU: 2 GRPO steps of
 #   accelerate launch --config_file configs/zero2.yaml training.py
 # with a tiny random 2-layer model (the embedded tokenizer), LoRA, and local rollouts through the
 # transformers engine (vLLM is not installable on our GPU machines). A reward that varies between
-# random completions (bench/smoke_rewards.py) is added to the paper's two, which are 0 for a random
+# random completions (deep_math/testing.py) is added to the paper's two, which are 0 for a random
 # model, so the optimizer step really moves the adapter. Exit status 0 only if training finished,
 # saved checkpoints and an adapter whose LoRA weights moved, and the adapter loads onto the GPU.
 #
 #   --cpu         rehearse the same run on CPU (DeepSpeed's CPU accelerator with gloo when
 #                 DeepSpeed is installed), to check this script on a machine without a GPU
-#   --bundle DIR  an offline bundle made by `bash bench/offline_bundle.sh DIR` on a machine with
+#   --bundle DIR  an offline bundle made by `bash scripts/offline_bundle.sh DIR` on a machine with
 #                 PyPI access: its wheels are installed into output_dir/site (nothing is fetched)
 #                 and its tiny model is used (the embedded model package is not needed)
 # Falls back to a plain single-device accelerate config, and says so, if DeepSpeed is missing.
@@ -39,7 +39,7 @@ T0=$(date +%s)
 phase() { echo "gpu_smoke: [$(( $(date +%s) - T0 )) s] $*"; }
 
 if [[ -n "$BUNDLE" ]]; then
-    [[ -d "$BUNDLE/wheels" ]] || { echo "gpu_smoke: $BUNDLE/wheels not found; make the bundle with: bash bench/offline_bundle.sh $BUNDLE" >&2; exit 2; }
+    [[ -d "$BUNDLE/wheels" ]] || { echo "gpu_smoke: $BUNDLE/wheels not found; make the bundle with: bash scripts/offline_bundle.sh $BUNDLE" >&2; exit 2; }
     rm -rf "$OUT/site"
     "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$OUT/site" "$BUNDLE"/wheels/*.whl
     export PYTHONPATH="$(cd "$OUT/site" && pwd)${PYTHONPATH:+:$PYTHONPATH}"
@@ -147,7 +147,7 @@ timeout 900 "$PY" -m accelerate.commands.launch --config_file "$ACCEL_CFG" --num
     train.max_completion_length=64 \
     train.max_steps=2 train.save_steps=1 \
     train.learning_rate=1e-3 \
-    '++rewards={bench.smoke_rewards.distinct_chars:1.0}' \
+    '++rewards={deep_math.testing.distinct_chars:1.0}' \
     "${SANDBOX_OPT[@]}" \
     train.output_dir="$OUT/run" \
     hydra.run.dir="$OUT/hydra" \

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# bash bench/offline_bundle.sh DIR [--python-version 3.12]
+# bash scripts/offline_bundle.sh DIR [--python-version 3.12]
 #
-# Packs what `bash bench/gpu_smoke.sh --bundle DIR` needs on an air-gapped GPU node that has a
-# PyTorch image but no package index: wheels of the packages in bench/offline_bundle.txt (for
+# Packs what `bash scripts/gpu_smoke.sh --bundle DIR` needs on an air-gapped GPU node that has a
+# PyTorch image but no package index: wheels of the packages in scripts/offline_bundle.txt (for
 # CPython --python-version on manylinux x86_64; DeepSpeed and antlr4, published as source only,
 # are built into pure-Python wheels here, DeepSpeed without precompiled ops) and the tiny random
 # model of the smoke run with the embedded tokenizer (so the node needs neither the embedded model
@@ -20,13 +20,13 @@ while [[ $# -gt 0 ]]; do
         *) DIR="$1"; shift ;;
     esac
 done
-[[ -n "$DIR" ]] || { echo "usage: bash bench/offline_bundle.sh DIR [--python-version 3.12]" >&2; exit 2; }
+[[ -n "$DIR" ]] || { echo "usage: bash scripts/offline_bundle.sh DIR [--python-version 3.12]" >&2; exit 2; }
 PY="${PYTHON:-$(command -v python || command -v python3)}"
 mkdir -p "$DIR/wheels"
 WHEELS="$(cd "$DIR/wheels" && pwd)"
 rm -f "$WHEELS"/*.whl
 
-mapfile -t PINS < <(grep -v '^\s*#' bench/offline_bundle.txt | grep -v '^\s*$')
+mapfile -t PINS < <(grep -v '^\s*#' scripts/offline_bundle.txt | grep -v '^\s*$')
 SOURCE_ONLY=()
 BINARY=()
 for pin in "${PINS[@]}"; do
@@ -49,4 +49,4 @@ DS_BUILD_OPS=0 "$PY" -m pip wheel -q --no-deps --no-build-isolation -w "$WHEELS"
 
 "$PY" -m deep_math.training.tiny "$DIR/tiny-model"
 echo "offline_bundle: $(ls "$WHEELS" | wc -l) wheels for CPython $PYVER + tiny model in $DIR ($(du -sh "$DIR" | cut -f1))"
-echo "offline_bundle: on the node: bash bench/gpu_smoke.sh --bundle $DIR"
+echo "offline_bundle: on the node: bash scripts/gpu_smoke.sh --bundle $DIR"
