@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from deep_math.records import STAT_FIELDS
+
 log = logging.getLogger(__name__)
 
 TRUNCATED = frozenset({"budget", "max_steps"})
@@ -63,9 +65,7 @@ class ReadResult:
     malformed: list[str]  # "path:line: reason" for each skipped line
 
 
-_SAMPLE_KEYS = (
-    "model_tokens", "tool_tokens", "tool_calls", "tool_errors", "tool_timeouts", "sandbox_errors", "steps"
-)  # fmt: skip
+_SAMPLE_KEYS = STAT_FIELDS  # the TraceStats counters inference writes into each sample
 
 
 def _int_or_none(value: Any, key: str) -> int | None:

@@ -31,6 +31,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from deep_math.config_utils import ConfigError, unknown_name_error
+from deep_math.records import used_tool_successfully
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +115,7 @@ def code_use(
         if bad:
             rewards.append(None)
         else:
-            rewards.append(1.0 if int(calls) - int(errs) - int(touts) - int(sb) > 0 else 0.0)
+            rewards.append(1.0 if used_tool_successfully(calls, errs, touts, sb) else 0.0)
     return rewards
 
 

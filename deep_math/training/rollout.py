@@ -38,13 +38,12 @@ from typing import Any, Protocol
 
 from deep_math.agent.trace import Trace
 from deep_math.engines.base import SamplingParams
+from deep_math.records import STAT_FIELDS, used_tool_successfully
 from deep_math.seeds import derive_seed
 
 log = logging.getLogger(__name__)
 
-STAT_COLUMNS = (
-    "tool_calls", "tool_errors", "tool_timeouts", "sandbox_errors", "model_tokens", "tool_tokens", "steps"
-)  # fmt: skip
+STAT_COLUMNS = STAT_FIELDS  # one column per TraceStats counter
 
 
 @dataclass
@@ -191,7 +190,7 @@ def _log_rollout_metrics(trainer: Any, out: dict[str, list]) -> None:
     if errors:
         log.warning("%d of %d traces failed (masked out, advantage 0): %s", errors, n, out["trace_error"][0])
     used = sum(
-        c - e - t - s > 0
+        used_tool_successfully(c, e, t, s)
         for c, e, t, s in zip(
             out["tool_calls"], out["tool_errors"], out["tool_timeouts"], out["sandbox_errors"], strict=True
         )
