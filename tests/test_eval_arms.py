@@ -43,10 +43,10 @@ def test_arm_of_meta(meta, arm):
 
 
 def test_file_with_mixed_arms_has_none(caplog):
-    from deep_math.evaluation.records import Problem, Sample
+    from deep_math.evaluation.records import GeneratedProblem, Sample
 
     def problem(meta):
-        return Problem(0, 1, "p", "1", [Sample("x")], meta)
+        return GeneratedProblem(0, 1, "p", "1", [Sample("x")], meta)
 
     assert arm_of_problems([problem(META["no_tool"]), problem(META["no_tool"])]) == "no_tool"
     assert arm_of_problems([problem(META["no_tool"]), problem(META["tool_trained"])], "f.jsonl") is None

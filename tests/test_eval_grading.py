@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from deep_math.evaluation.extract import extract_answer
-from deep_math.evaluation.grading import grade_answer, grade_many, group_answers, is_correct
-from deep_math.evaluation.pool import GradingPool
+from deep_math.evaluation.grading import grade_answer, group_answers, is_correct
+from deep_math.evaluation.pool import GradingPool, grade_many
 
 TOOL = "<tool_call>\nimport sympy\nprint(sympy.Rational(1, 3))\n</tool_call>\n```output\n{out}\n```\n"
 

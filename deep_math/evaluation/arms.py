@@ -31,10 +31,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from deep_math.evaluation.records import Problem
+from deep_math.evaluation.records import GeneratedProblem
 
 if TYPE_CHECKING:
-    from deep_math.evaluation.run import RunResult
+    from deep_math.evaluation.run import EvaluatedRun
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ def arm_of_meta(meta: dict[str, Any]) -> str | None:
     return "tool_trained" if adapter else "tool_available"
 
 
-def arm_of_problems(problems: list[Problem], where: str = "") -> str | None:
+def arm_of_problems(problems: list[GeneratedProblem], where: str = "") -> str | None:
     """The arm shared by every record of a file; None when unknown or mixed (with a warning)."""
     arms = {arm_of_meta(p.meta) for p in problems}
     if len(arms) == 1:
@@ -111,7 +111,7 @@ class Pair:
         return dict(self.__dict__)
 
 
-def solved_by_id(run: RunResult) -> dict[str, bool]:
+def solved_by_id(run: EvaluatedRun) -> dict[str, bool]:
     """maj@k correctness per problem id (k: all samples, as the accuracy column)."""
     k = min((len(r.grades) for r in run.results), default=0)
     return {r.problem.id: r.majority(k).correct for r in run.results}
@@ -148,7 +148,7 @@ def compare_pair(
     )
 
 
-def run_names(runs: list[RunResult]) -> tuple[list[str], bool]:
+def run_names(runs: list[EvaluatedRun]) -> tuple[list[str], bool]:
     """Names for the comparison: arm titles when every run has a distinct known arm (then the
     second value is True), else the run labels."""
     arms = [run.arm for run in runs]
@@ -157,7 +157,7 @@ def run_names(runs: list[RunResult]) -> tuple[list[str], bool]:
     return [run.label for run in runs], False
 
 
-def ordered(runs: list[RunResult]) -> list[RunResult]:
+def ordered(runs: list[EvaluatedRun]) -> list[EvaluatedRun]:
     """Runs in arm order (no tool, tool available, tool trained, others) when all have arms."""
     if all(run.arm for run in runs):
         return sorted(runs, key=lambda run: arm_order(run.arm))
@@ -165,7 +165,7 @@ def ordered(runs: list[RunResult]) -> list[RunResult]:
 
 
 def compare_runs(
-    runs: list[RunResult], n_resamples: int = 10000, confidence: float = 0.95, seed: int = 0
+    runs: list[EvaluatedRun], n_resamples: int = 10000, confidence: float = 0.95, seed: int = 0
 ) -> dict[str, Any]:
     """Per-run rows and every pair's flips and paired interval, as a YAML-ready dict."""
     from deep_math.evaluation.report import summary

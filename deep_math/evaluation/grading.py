@@ -2,8 +2,8 @@
 
 `is_correct(prediction, gold)` grades one item in this process (the training reward uses it). Its
 timeouts are math-verify's own `signal.alarm` timeouts, which work only in the main thread; from
-another thread it runs without a timeout. For many items use `grade_many` (a process pool, where a
-hung item is killed and counted instead of stalling the run).
+another thread it runs without a timeout. For many items use `deep_math.evaluation.pool.grade_many`
+(a process pool, where a hung item is killed and counted instead of stalling the run).
 
 The gold is parsed wrapped as `$...$` (unwrapped, about a fifth of MATH-500 golds parse wrongly);
 parsed golds are cached per process, since k samples share one gold.
@@ -184,25 +184,3 @@ def group_answers(answers: Sequence[str], timeout: float | None = DEFAULT_TIMEOU
             reps.append(ans)
             ids.append(len(reps) - 1)
     return ids
-
-
-def grade_many(
-    pairs: Sequence[tuple[str | None, str]],
-    workers: int | None = None,
-    timeout: float = DEFAULT_TIMEOUT,
-    batch_size: int = 32,
-    extract: bool = False,
-    progress: bool = False,
-) -> list[Grade]:
-    """Grade many `(prediction, gold)` pairs (`(trace text, gold)` with `extract=True`) in a process
-    pool. `timeout` is a hard per-item limit: the worker is killed, the item scored wrong with
-    status `timeout`, and the rest goes on. workers=0 grades serially in this process."""
-    from deep_math.evaluation.pool import GradingPool
-
-    func = grade_text if extract else _grade_pair
-    with GradingPool(workers=workers, timeout=timeout, batch_size=batch_size) as pool:
-        return pool.map(func, list(pairs), progress=progress, desc="grading")
-
-
-def _grade_pair(item: tuple[str | None, str], timeout: float | None = DEFAULT_TIMEOUT) -> Grade:
-    return grade_answer(item[0], item[1], timeout)

@@ -13,7 +13,7 @@ import os
 from typing import Any
 
 from deep_math.evaluation.extract import tool_output_text, without_tool_output
-from deep_math.evaluation.records import Problem
+from deep_math.evaluation.records import GeneratedProblem
 
 log = logging.getLogger(__name__)
 
@@ -55,11 +55,11 @@ def count_tokens(tokenizer: Any, text: str) -> int:
     return len(count_ids(tokenizer, text)) if text else 0
 
 
-def needs_tokenizer(problems: list[Problem]) -> bool:
+def needs_tokenizer(problems: list[GeneratedProblem]) -> bool:
     return any(s.model_tokens is None or s.tool_tokens is None for p in problems for s in p.samples)
 
 
-def fill_lengths(problems: list[Problem], tokenizer: Any) -> int:
+def fill_lengths(problems: list[GeneratedProblem], tokenizer: Any) -> int:
     """Fill missing token counts (and tool-call counts) from the text; returns how many samples
     were measured with the tokenizer."""
     measured = 0

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
-from deep_math.evaluation.grading import ERROR, TIMEOUT, Grade
+from deep_math.evaluation.grading import DEFAULT_TIMEOUT, ERROR, TIMEOUT, Grade, grade_answer, grade_text
 
 log = logging.getLogger(__name__)
 
@@ -267,3 +267,23 @@ def _progress(total: int, desc: str, enabled: bool):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=desc, unit="item", mininterval=0.5, dynamic_ncols=True)
+
+
+def grade_many(
+    pairs: Sequence[tuple[str | None, str]],
+    workers: int | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+    batch_size: int = 32,
+    extract: bool = False,
+    progress: bool = False,
+) -> list[Grade]:
+    """Grade many `(prediction, gold)` pairs (`(trace text, gold)` with `extract=True`) in a process
+    pool. `timeout` is a hard per-item limit: the worker is killed, the item scored wrong with
+    status `timeout`, and the rest goes on. workers=0 grades serially in this process."""
+    func = grade_text if extract else _grade_pair
+    with GradingPool(workers=workers, timeout=timeout, batch_size=batch_size) as pool:
+        return pool.map(func, list(pairs), progress=progress, desc="grading")
+
+
+def _grade_pair(item: tuple[str | None, str], timeout: float | None = DEFAULT_TIMEOUT) -> Grade:
+    return grade_answer(item[0], item[1], timeout)

@@ -47,7 +47,7 @@ class Sample:
 
 
 @dataclass
-class Problem:
+class GeneratedProblem:
     """One line of a generated file: a problem, its gold answer and k samples."""
 
     index: int  # position among the evaluated problems (0-based)
@@ -61,7 +61,7 @@ class Problem:
 
 @dataclass
 class ReadResult:
-    problems: list[Problem]
+    problems: list[GeneratedProblem]
     malformed: list[str]  # "path:line: reason" for each skipped line
 
 
@@ -86,8 +86,8 @@ def _sample(obj: Any) -> Sample:
     return Sample(text=obj["text"], finish_reason=None if reason is None else str(reason), **counts)
 
 
-def parse_record(obj: Any, index: int, line: int) -> Problem:
-    """One decoded JSON line -> Problem; RecordError says what is wrong."""
+def parse_record(obj: Any, index: int, line: int) -> GeneratedProblem:
+    """One decoded JSON line -> GeneratedProblem; RecordError says what is wrong."""
     if not isinstance(obj, dict):
         raise RecordError(f"expected a JSON object, got {type(obj).__name__}")
     target = obj.get("target", obj.get("answer"))
@@ -110,7 +110,7 @@ def parse_record(obj: Any, index: int, line: int) -> Problem:
     meta = obj.get("meta") if isinstance(obj.get("meta"), dict) else {}
     pid = obj.get("id")
     statement = obj.get("problem")
-    return Problem(
+    return GeneratedProblem(
         index,
         line,
         str(pid if pid is not None else index),
@@ -126,7 +126,7 @@ def read_generated(path: str | os.PathLike, limit: int | None = None, strict: bo
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"generated file not found: {path}")
-    problems: list[Problem] = []
+    problems: list[GeneratedProblem] = []
     malformed: list[str] = []
     with open(path, encoding="utf-8") as fh:
         for lineno, raw in enumerate(fh, start=1):

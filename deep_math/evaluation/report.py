@@ -18,7 +18,7 @@ from deep_math.evaluation.arms import arm_title
 from deep_math.evaluation.config import ArmsConfig
 
 if TYPE_CHECKING:
-    from deep_math.evaluation.run import RunResult
+    from deep_math.evaluation.run import EvaluatedRun
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ def _last_pass(values: dict[str, Any]) -> tuple[str | None, Any]:
     return key, values[key]
 
 
-def summary(run: RunResult) -> dict[str, Any]:
+def summary(run: EvaluatedRun) -> dict[str, Any]:
     """The headline numbers of one run (keys as in COLUMNS), from whichever metrics were configured."""
     v = run.values
     maj_key, acc = _first(v, "maj@")
@@ -116,7 +116,7 @@ def _budget_doc(budget: dict[str, Any] | None) -> dict[str, Any] | None:
 
 
 def write_run(
-    run: RunResult, results_file: str | None, multiple: bool = False, plot: bool = True
+    run: EvaluatedRun, results_file: str | None, multiple: bool = False, plot: bool = True
 ) -> dict[str, str]:
     results_path, examples_path = output_paths(run.path, results_file, multiple)
     results_path.parent.mkdir(parents=True, exist_ok=True)
@@ -158,7 +158,7 @@ def write_run(
     return out
 
 
-def _name(run: RunResult) -> str:
+def _name(run: EvaluatedRun) -> str:
     return f"{run.label} ({arm_title(run.arm)})" if run.arm else run.label
 
 
@@ -177,7 +177,7 @@ def _fmt(value: Any, kind: str, ci: Any = None) -> str:
     return str(value)
 
 
-def table_rows(runs: list[RunResult]) -> tuple[list[str], list[list[str]]]:
+def table_rows(runs: list[EvaluatedRun]) -> tuple[list[str], list[list[str]]]:
     header = ["run", "problems x k"] + [title for title, _, _ in COLUMNS]
     rows = []
     for run in runs:
@@ -197,7 +197,7 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
     ]
 
 
-def comparison_markdown(runs: list[RunResult], paired: dict[str, Any] | None = None) -> str:
+def comparison_markdown(runs: list[EvaluatedRun], paired: dict[str, Any] | None = None) -> str:
     header, rows = table_rows(runs)
     first = summary(runs[0])
     lines = [
@@ -223,7 +223,7 @@ def comparison_markdown(runs: list[RunResult], paired: dict[str, Any] | None = N
     return "\n".join(lines) + "\n"
 
 
-def comparison_paths(runs: list[RunResult], comparison_file: str | None) -> tuple[Path, Path]:
+def comparison_paths(runs: list[EvaluatedRun], comparison_file: str | None) -> tuple[Path, Path]:
     if comparison_file:
         md = Path(comparison_file)
     else:
@@ -231,13 +231,13 @@ def comparison_paths(runs: list[RunResult], comparison_file: str | None) -> tupl
     return md, md.with_suffix(".png")
 
 
-def paired_comparison(runs: list[RunResult], cfg: ArmsConfig | None = None) -> dict[str, Any]:
+def paired_comparison(runs: list[EvaluatedRun], cfg: ArmsConfig | None = None) -> dict[str, Any]:
     cfg = cfg or ArmsConfig()
     return arms_mod.compare_runs(runs, cfg.bootstrap, cfg.confidence, cfg.seed)
 
 
 def write_comparison(
-    runs: list[RunResult],
+    runs: list[EvaluatedRun],
     comparison_file: str | None,
     plot: bool = True,
     paired: dict[str, Any] | None = None,
@@ -269,7 +269,7 @@ def write_comparison(
     return out
 
 
-def plot_accuracy_vs_length(runs: list[RunResult], path: Path) -> None:
+def plot_accuracy_vs_length(runs: list[EvaluatedRun], path: Path) -> None:
     """One point per run: mean model tokens (x) vs accuracy (y) with its bootstrap interval."""
     import matplotlib
 
@@ -298,7 +298,7 @@ def plot_accuracy_vs_length(runs: list[RunResult], path: Path) -> None:
     plt.close(fig)
 
 
-def print_summary(runs: list[RunResult]) -> None:
+def print_summary(runs: list[EvaluatedRun]) -> None:
     """The comparison in the terminal (rich), one column per run so it fits narrow terminals."""
     from rich.console import Console
     from rich.table import Table
@@ -313,7 +313,7 @@ def print_summary(runs: list[RunResult]) -> None:
     Console().print(table)
 
 
-def html_path(runs: list[RunResult], comparison_file: str | None) -> Path:
+def html_path(runs: list[EvaluatedRun], comparison_file: str | None) -> Path:
     """<stem>-report.html beside one run's results; comparison.html beside comparison.md."""
     if len(runs) == 1:
         results = Path(runs[0].outputs.get("results", runs[0].path))
@@ -322,7 +322,7 @@ def html_path(runs: list[RunResult], comparison_file: str | None) -> Path:
 
 
 def write_html(
-    runs: list[RunResult],
+    runs: list[EvaluatedRun],
     paired: dict[str, Any] | None = None,
     comparison_file: str | None = None,
     max_samples: int | None = None,

@@ -18,7 +18,7 @@ from deep_math.evaluation.config import EvaluationConfig, build_metrics
 from deep_math.evaluation.grading import ERROR, TIMEOUT, Grade, grade_text, group_answers, quick_grade
 from deep_math.evaluation.lengths import LazyTokenizer, fill_lengths, needs_tokenizer, resolve_tokenizer
 from deep_math.evaluation.pool import GradingPool
-from deep_math.evaluation.records import Problem, read_generated
+from deep_math.evaluation.records import GeneratedProblem, read_generated
 from deep_math.evaluation.scoring import (
     ProblemResult,
     assign_groups,
@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class RunResult:
+class EvaluatedRun:
     path: Path
     label: str
     results: list[ProblemResult]
@@ -65,7 +65,7 @@ def _string_groups(answers: list[str]) -> list[int]:
 
 
 def grade_problems(
-    problems: list[Problem], pool: GradingPool, progress: bool = False
+    problems: list[GeneratedProblem], pool: GradingPool, progress: bool = False
 ) -> tuple[list[ProblemResult], int]:
     """Grade every sample and group each problem's answers; returns the results and the number of
     problems whose grouping fell back to string equality (timeout/crash)."""
@@ -115,7 +115,7 @@ def evaluate_file(
     label: str | None = None,
     progress: bool = False,
     budgets: list[int] | None = None,
-) -> RunResult:
+) -> EvaluatedRun:
     """Score one generated file. `tokenizer`: an object with `encode`, a model path/id, or None
     for the embedded model; loaded only if some sample lacks token counts. `budgets`: the token
     budgets of the accuracy-against-budget table (None: no budget report)."""
@@ -139,14 +139,14 @@ def evaluate_file(
             grading[TIMEOUT],
             grading[ERROR],
         )
-    run = RunResult(path, label or path.stem, results, values, read.malformed, grading, measured)
+    run = EvaluatedRun(path, label or path.stem, results, values, read.malformed, grading, measured)
     run.arm = arm_of_problems(read.problems, str(path))
     if budgets:
         run.budget = budget_curve(results, budgets)
     return run
 
 
-def run_evaluation(cfg: EvaluationConfig) -> list[RunResult]:
+def run_evaluation(cfg: EvaluationConfig) -> list[EvaluatedRun]:
     """Evaluate every configured file, write per-file results, and (for several files) the
     comparison table and plot."""
     metrics = build_metrics(cfg.metrics)

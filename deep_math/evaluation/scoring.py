@@ -13,7 +13,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from deep_math.evaluation.grading import OK, Grade
-from deep_math.evaluation.records import Problem, Sample
+from deep_math.evaluation.records import GeneratedProblem, Sample
 
 
 @dataclass(frozen=True)
@@ -26,7 +26,7 @@ class Vote:
 
 @dataclass
 class ProblemResult:
-    problem: Problem
+    problem: GeneratedProblem
     grades: list[Grade]
     groups: list[int | None]  # equivalence-group id per sample, None for no answer
 

@@ -35,7 +35,7 @@ from deep_math.evaluation.extract import boxed_answer_end, tool_spans
 
 if TYPE_CHECKING:
     from deep_math.evaluation.records import Sample
-    from deep_math.evaluation.run import RunResult
+    from deep_math.evaluation.run import EvaluatedRun
 
 FILTERS = {
     "all": "all",
@@ -229,7 +229,7 @@ def _table(header: list[str], rows: list[list[str]], cls: str = "") -> str:
     return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
-def _summary_html(runs: list[RunResult], paired: dict[str, Any] | None) -> str:
+def _summary_html(runs: list[EvaluatedRun], paired: dict[str, Any] | None) -> str:
     from deep_math.evaluation.report import _name, table_rows
 
     header, rows = table_rows(runs)
@@ -290,7 +290,7 @@ def _summary_html(runs: list[RunResult], paired: dict[str, Any] | None) -> str:
 
 
 def _problem_html(
-    i: int, runs: list[RunResult], by_id: list[dict[str, Any]], pid: str, max_samples: int | None
+    i: int, runs: list[EvaluatedRun], by_id: list[dict[str, Any]], pid: str, max_samples: int | None
 ) -> str:
     first = next(m[pid] for m in by_id if pid in m)
     p = first.problem
@@ -321,7 +321,7 @@ def _problem_html(
 
 
 def render_html(
-    runs: list[RunResult], paired: dict[str, Any] | None = None, max_samples: int | None = None
+    runs: list[EvaluatedRun], paired: dict[str, Any] | None = None, max_samples: int | None = None
 ) -> str:
     """The whole page for `runs` (one or several evaluated files); `max_samples`: traces drawn per
     problem and run (the first ones; None: all). Votes and verdicts always use every sample."""

@@ -94,7 +94,7 @@ def format_error(exc: BaseException, limit: int) -> str:
     return text
 
 
-class Session:
+class WorkerSession:
     """The state of one session inside the worker."""
 
     def __init__(self, max_output_chars: int):
@@ -197,7 +197,7 @@ def serve(sock_fd: int, zygote_pid: int, config: dict[str, Any]) -> None:
         sys.dont_write_bytecode = True
         started = time.perf_counter()
         layers = oslimits.confine(config["memory_mb"], config["cpu_seconds"])
-        session = Session(config["max_output_chars"])
+        session = WorkerSession(config["max_output_chars"])
         send_msg(sock, {"hello": layers.to_json(), "setup_s": time.perf_counter() - started})
         while True:
             request = recv_msg(sock, MAX_SNIPPET_BYTES)
