@@ -61,7 +61,7 @@ def test_run_result_kind(result, kind):
     "code", ["print(1", "  x = 1", "import os", "().__class__.__base__", "def f(:\n    pass"]
 )
 def test_snippet_mistakes_at_check_time_are_the_models(code):
-    reply = worker.Session(2000).run(code)
+    reply = worker.WorkerSession(2000).run(code)
     assert reply["error"] is not None and "sandbox_error" not in reply
 
 
@@ -70,14 +70,14 @@ def test_a_failure_of_the_checker_is_a_sandbox_error(monkeypatch):
         raise KeyError("internal bookkeeping")
 
     monkeypatch.setattr(policy, "check_source", broken)
-    reply = worker.Session(2000).run("print(1)")
+    reply = worker.WorkerSession(2000).run("print(1)")
     assert reply["error"].startswith("SandboxError: the sandbox failed internally")
     assert "not an error in the code" in reply["error"]
     assert reply["sandbox_error"] == "KeyError: 'internal bookkeeping'"
 
 
 def test_a_snippet_error_inside_library_code_stays_the_models():
-    reply = worker.Session(2000).run("import sympy\nsympy.Matrix([[1, 2]]).inv()")
+    reply = worker.WorkerSession(2000).run("import sympy\nsympy.Matrix([[1, 2]]).inv()")
     assert "NonSquareMatrixError" in reply["error"] and "sandbox_error" not in reply
 
 

@@ -17,7 +17,7 @@ from deep_math.sandbox.policy import (
     new_session_globals,
 )
 from deep_math.sandbox.sandbox import require_network_isolation
-from deep_math.sandbox.worker import BoundedWriter, Session
+from deep_math.sandbox.worker import BoundedWriter, WorkerSession
 
 
 @pytest.mark.parametrize("name", ["math", "numpy.linalg", "sympy.parsing.sympy_parser", "scipy.optimize"])
@@ -60,12 +60,12 @@ def test_imports_a_library_makes_for_itself_are_not_judged():
     ],
 )
 def test_import_statements_of_the_snippet_are_judged(code, refused):
-    result = Session(2000).run(code)
+    result = WorkerSession(2000).run(code)
     assert result["error"] is not None and f"ImportError: import of {refused} " in result["error"]
 
 
 def test_import_sys_statement_gets_the_sandboxed_sys():
-    result = Session(2000).run("import sys\nsys.path")
+    result = WorkerSession(2000).run("import sys\nsys.path")
     assert "sys.path is not available in the sandbox" in result["error"]
 
 
@@ -98,7 +98,7 @@ def test_bounded_writer_small_output_is_exact():
 
 def test_in_process_session_error_text():
     # The worker's executor, run here without the OS layers: only the error formatting is checked.
-    result = Session(2000).run("def f(x):\n    return 1 / x\nf(0)")
+    result = WorkerSession(2000).run("def f(x):\n    return 1 / x\nf(0)")
     assert 'File "<cell 1>", line 3' in result["error"] and "line 2, in f" in result["error"]
     assert result["error"].rstrip().endswith("ZeroDivisionError: division by zero")
 
