@@ -4,6 +4,7 @@ See configs/evaluation.yaml; the pipeline lives in deep_math/evaluation/."""
 
 import logging
 import sys
+from pathlib import Path
 
 import hydra
 from hydra.utils import to_absolute_path
@@ -38,7 +39,7 @@ def main(cfg: DictConfig) -> None:
         extra = f", {run.outputs['budget_plot']}" if "budget_plot" in run.outputs else ""
         print(f"{run.label}: {run.outputs['results']}, {run.outputs['per_example']}{extra}")
     if len(runs) > 1:
-        print(open(runs[0].outputs["comparison"], encoding="utf-8").read())
+        print(Path(runs[0].outputs["comparison"]).read_text(encoding="utf-8"))
         print(
             f"comparison: {runs[0].outputs['comparison']}"
             + (f", plot: {runs[0].outputs['plot']}" if "plot" in runs[0].outputs else "")

@@ -247,7 +247,8 @@ def _shared_data() -> Path | None:
     _shared_data() is None, reason="shared MATH-500 data not found (set DEEP_MATH_SHARED_DATA)"
 )
 def test_math500_reference_solutions_all_correct():
-    rows = [json.loads(line) for line in open(_shared_data() / "math500.jsonl", encoding="utf-8")]
+    lines = (_shared_data() / "math500.jsonl").read_text(encoding="utf-8").splitlines()
+    rows = [json.loads(line) for line in lines]
     pairs = [(r["solution"], r["answer"]) for r in rows]
     grades = grade_many(pairs, workers=2, extract=True)
     wrong = [(r["id"], r["answer"], g) for r, g in zip(rows, grades, strict=True) if not g.correct]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
 
@@ -75,8 +76,8 @@ def test_report_files(tmp_path):
     assert [r["step"] for r in rows] == ["1", "2", "3", "4"]
     assert float(rows[3]["rewards/brevity/mean"]) == pytest.approx(0.25)
     assert rows[0]["eval_reward"] == "" and float(rows[1]["eval_reward"]) == 0.7
-    assert open(paths["plot"], "rb").read(4) == b"\x89PNG"
-    assert "brevity" in open(paths["summary"]).read()
+    assert Path(paths["plot"]).read_bytes()[:4] == b"\x89PNG"
+    assert "brevity" in Path(paths["summary"]).read_text()
     assert not list((tmp_path / "run").glob("*.tmp*"))
 
     no_plot = write_training_report(history(2), tmp_path / "np", plot=False)

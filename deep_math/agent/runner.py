@@ -82,7 +82,7 @@ class AgentRunner:
         params = replace(sampling, max_tokens=self.config.max_agent_output, stop=[])
         try:
             (result,) = self.engine.generate([GenRequest(list(prompt_ids), params, lora_path)])
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - an engine failure ends this trace only
             trace.finish_reason, trace.error = "error", f"{type(exc).__name__}: {exc}"
             return trace
         trace.completion_ids = list(result.token_ids)

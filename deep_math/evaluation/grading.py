@@ -122,7 +122,7 @@ def grade_answer(prediction: str | None, gold: str, timeout: float | None = DEFA
     before = _timeouts.count
     try:
         correct = compare(prediction, str(gold), timeout)
-    except Exception as exc:  # noqa: BLE001 - a grading bug must score one item, not end the run
+    except Exception as exc:  # a grading bug must score one item, not end the run
         log.debug("grading %r against %r failed", prediction, gold, exc_info=True)
         return Grade(prediction, False, ERROR, f"{type(exc).__name__}: {exc}")
     if not correct and _timeouts.count > before:
@@ -154,7 +154,7 @@ def grade_text(item: tuple[str, str], timeout: float | None = DEFAULT_TIMEOUT) -
     text, gold = item
     try:
         answer = extract_answer(text)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 - a malformed trace scores one item as an error
         return Grade(None, False, ERROR, f"extraction failed: {type(exc).__name__}: {exc}")
     return grade_answer(answer, gold, timeout)
 
@@ -166,7 +166,7 @@ def equivalent(a: str, b: str, timeout: float | None = DEFAULT_TIMEOUT) -> bool:
         return True
     try:
         return compare(b, a, timeout) or compare(a, b, timeout)
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001 - math-verify can raise anything on odd input: not equivalent
         return False
 
 

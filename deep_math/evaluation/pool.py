@@ -183,7 +183,7 @@ class GradingPool:
         for item in items:
             try:
                 results.append(func(item, timeout=self.timeout))
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:  # noqa: BLE001 - as in the pool: this item fails, the run goes on
                 results.append(on_failure(item, ERROR, f"{type(exc).__name__}: {exc}"))
             if bar is not None:
                 bar.update(1)

@@ -54,7 +54,7 @@ def _timed_out_grade(item: tuple[str, str], status: str, detail: str) -> Grade:
     try:
         cleaned = after_thinking(split_tool_blocks(item[0])[0])
         answer = last_boxed(cleaned) if cleaned is not None else None
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001 - only a best-effort answer for an item already failed
         answer = None
     return Grade(answer or None, False, status, detail)
 

@@ -125,15 +125,15 @@ class WorkerSession:
                 body, last = self._compile(source)
             except SNIPPET_COMPILE_ERRORS:
                 raise
-            except Exception as exc:  # noqa: BLE001 - the checker/compiler broke, not the snippet
+            except Exception as exc:  # the checker/compiler broke, not the snippet
                 internal = exc
                 raise
-            exec(body, self.globals)
+            exec(body, self.globals)  # noqa: S102 - the sandboxed worker: running snippets is its job
             if last is not None:
-                value = eval(last, self.globals)
+                value = eval(last, self.globals)  # noqa: S307 - as above
                 if value is not None:
                     out.write(repr(value))
-        except BaseException as exc:  # noqa: B036 - SystemExit/KeyboardInterrupt from a snippet are errors too
+        except BaseException as exc:  # noqa: B036, BLE001 - SystemExit/KeyboardInterrupt from a snippet are errors too
             if internal is None:
                 error = format_error(exc, self.max_output_chars)
         finally:

@@ -69,11 +69,11 @@ class Handler(BaseHTTPRequestHandler):
             self._send(500, {"error": f"{type(exc).__name__}: {exc}", "type": type(exc).__name__})
         except (ValueError, TypeError, KeyError) as exc:
             self._send(400, {"error": f"{type(exc).__name__}: {exc}", "type": type(exc).__name__})
-        except Exception as exc:  # noqa: BLE001 - vLLM's engine core reports failures as a plain Exception
+        except Exception as exc:  # vLLM's engine core reports failures as a plain Exception
             log.exception("%s %s failed", self.command, path)
             self._send(500, {"error": f"{type(exc).__name__}: {exc}", "type": type(exc).__name__})
 
-    def do_GET(self) -> None:  # noqa: N802 - stdlib name
+    def do_GET(self) -> None:
         s = self.service
         self._dispatch(
             {
@@ -86,7 +86,7 @@ class Handler(BaseHTTPRequestHandler):
             }
         )
 
-    def do_POST(self) -> None:  # noqa: N802 - stdlib name
+    def do_POST(self) -> None:
         s = self.service
         self._dispatch(
             {

@@ -305,7 +305,7 @@ def load_safetensors_bytes(data: bytes) -> dict[str, Any]:
 
     try:
         return load(data)
-    except Exception as exc:  # noqa: BLE001 - any parse failure is the client's bad request
+    except Exception as exc:  # any parse failure is the client's bad request
         raise HTTPError(400, f"body is not a safetensors payload: {exc}") from exc
 
 

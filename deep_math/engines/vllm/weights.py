@@ -128,7 +128,7 @@ class WeightUpdates:
         self._incomplete = "the last weight update was aborted"
         try:
             self._run(self.llm.finish_weight_update())
-        except Exception:  # noqa: BLE001 - aborting must always close the update
+        except Exception:  # aborting must always close the update
             log.exception("vLLM finish_weight_update failed while aborting a weight update")
         finally:
             self._close_update(resume=True)
