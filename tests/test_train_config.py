@@ -83,3 +83,19 @@ def test_grpo_args_are_valid_trl_1_16_arguments(tmp_path):
 def test_mistakes_fail_with_the_fix(overrides, message):
     with pytest.raises(ConfigError, match=message):
         load_training_config(compose_training("training", overrides))
+
+
+def test_the_local_rollout_engine_gets_the_rollout_settings_it_takes():
+    from deep_math.training.builders import build_trace_source
+
+    cfg = load_training_config(compose_training("training", ["rollout.max_batch_size=4"]))
+    source = build_trace_source(cfg, tokenizer=None)
+    assert source.engine_kwargs == {"max_batch_size": 4, "batch_wait_ms": cfg.rollout.batch_wait_ms}
+
+
+def test_a_misspelled_local_engine_option_fails_before_the_first_rollout():
+    from deep_math.agent.config import AgentConfig
+    from deep_math.training.sources import PolicyTraceSource
+
+    with pytest.raises(ConfigError, match="'batch_wait'. Did you mean 'batch_wait_ms'"):
+        PolicyTraceSource(AgentConfig(), tokenizer=None, batch_wait=5)

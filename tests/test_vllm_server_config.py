@@ -54,3 +54,26 @@ def test_a_boolean_flag_refuses_other_words(capsys):
     with pytest.raises(SystemExit):
         parse_args(["--allow_degraded_network", "maybe"])
     assert "expected true or false, got 'maybe'" in capsys.readouterr().err
+
+
+def test_the_transformers_engine_gets_the_server_settings_it_takes(monkeypatch):
+    import deep_math.engines
+    from deep_math.serving import build_server_engine
+
+    built = {}
+    monkeypatch.setattr(deep_math.engines, "build_engine", lambda name, **kwargs: built.update(kwargs))
+    build_server_engine(parse_args(["--max_batch_size", "4", "--engine_kwargs", '{"batch_wait_ms": 1}']))
+    assert built == {
+        "model_name_or_path": None,
+        "device": "auto",
+        "dtype": "auto",
+        "max_batch_size": 4,
+        "batch_wait_ms": 1,  # --engine_kwargs win
+    }
+
+
+def test_a_misspelled_engine_kwarg_fails_before_the_model_loads():
+    from deep_math.serving import build_server_engine
+
+    with pytest.raises(ConfigError, match="'max_batch'. Did you mean 'max_batch_size'"):
+        build_server_engine(parse_args(["--engine_kwargs", '{"max_batch": 4}']))

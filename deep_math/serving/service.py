@@ -34,23 +34,22 @@ class HTTPError(Exception):
 
 
 def build_server_engine(cfg: ServerConfig) -> Any:
-    from deep_math.engines import build_engine
+    """The engine `cfg` names, given the server settings its constructor takes; vLLM also gets its
+    own settings that are set (some, e.g. enable_prefix_caching, go on to vLLM unnamed), and
+    --engine_kwargs override all of them."""
+    from deep_math import engines
 
-    if cfg.engine == "transformers":
-        return build_engine(
-            "transformers",
-            model_name_or_path=cfg.model,
-            device=cfg.device,
-            dtype=cfg.dtype,
-            max_batch_size=cfg.max_batch_size,
-            batch_wait_ms=cfg.batch_wait_ms,
-            **cfg.engine_kwargs,
-        )
-    if cfg.engine == "vllm":
-        return build_engine(
-            "vllm", model_name_or_path=cfg.model, **{**cfg.vllm_settings(), **cfg.engine_kwargs}
-        )
-    return build_engine(cfg.engine, **cfg.engine_kwargs)
+    engines.check_engine_options(cfg.engine, cfg.engine_kwargs)
+    shared = {
+        "model_name_or_path": cfg.model,
+        "device": cfg.device,
+        "dtype": cfg.dtype,
+        "max_batch_size": cfg.max_batch_size,
+        "batch_wait_ms": cfg.batch_wait_ms,
+    }
+    vllm_only = cfg.vllm_settings() if cfg.engine == "vllm" else {}
+    kwargs = {**engines.engine_kwargs(cfg.engine, shared), **vllm_only, **cfg.engine_kwargs}
+    return engines.build_engine(cfg.engine, **kwargs)
 
 
 def sampling_from_json(data: dict[str, Any]) -> SamplingParams:

@@ -13,6 +13,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from deep_math.engines import engine_kwargs
 from deep_math.training.checkpoints import last_complete_checkpoint
 from deep_math.training.config import TrainingConfig
 from deep_math.training.rewards import build_rewards
@@ -150,9 +151,8 @@ def build_trace_source(cfg: TrainingConfig, tokenizer: Any) -> TraceSource:
 
     r = cfg.rollout
     if r.backend == "policy":
-        return PolicyTraceSource(
-            cfg.agent, tokenizer, max_batch_size=r.max_batch_size, batch_wait_ms=r.batch_wait_ms
-        )
+        # The rollout settings the local engine takes (max_batch_size, batch_wait_ms).
+        return PolicyTraceSource(cfg.agent, tokenizer, **engine_kwargs("transformers", asdict(r)))
     from deep_math.serving.client import AgentVLLMClient
     from deep_math.serving.config import HANDSHAKE_KEYS
 

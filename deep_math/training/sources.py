@@ -20,6 +20,7 @@ from typing import Any
 
 from deep_math.agent.config import AgentConfig
 from deep_math.agent.trace import Trace
+from deep_math.engines import check_engine_options
 from deep_math.engines.base import SamplingParams
 
 log = logging.getLogger(__name__)
@@ -49,9 +50,11 @@ class PolicyTraceSource:
 
     The engine and the runner (with its sandbox) are built on the first call, when the trainer
     and its model exist. engine_kwargs go to `TransformersEngine` (max_batch_size, batch_wait_ms,
-    prefix_cache: default on, refreshed every rollout)."""
+    prefix_cache: default on, refreshed every rollout); they are checked here, so a misspelled one
+    fails before the first rollout."""
 
     def __init__(self, agent: AgentConfig, tokenizer: Any, sandbox: Any = None, **engine_kwargs: Any):
+        check_engine_options("transformers", engine_kwargs)
         self.agent = agent
         self.tokenizer = tokenizer
         self.sandbox = sandbox
