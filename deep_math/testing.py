@@ -6,12 +6,21 @@ script's Hydra config exactly as the script would, without running it.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 ENTRY_SCRIPTS = ("training.py", "inference.py", "evaluation.py")
+
+
+def shared_data_dir() -> Path | None:
+    """../shared/data next to the repo (or $DEEP_MATH_SHARED_DATA), where the benchmark files live
+    that some tests check when present; None when absent."""
+    env = os.environ.get("DEEP_MATH_SHARED_DATA")
+    path = Path(env) if env else REPO.parent / "shared" / "data"
+    return path if path.is_dir() else None
 
 
 def entry_point(argv: list[str]) -> tuple[str, list[str]] | None:

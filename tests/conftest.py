@@ -1,20 +1,9 @@
-"""Shared fixtures: the embedded tokenizer, the shared benchmark data, GPU skip logic."""
+"""Shared fixtures (the embedded tokenizer) and the GPU skip logic, for every folder below.
+Helpers that tests import live in `deep_math.testing`."""
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pytest
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def shared_data_dir() -> Path | None:
-    """../shared/data next to the repo (or $DEEP_MATH_SHARED_DATA); None when absent."""
-    env = os.environ.get("DEEP_MATH_SHARED_DATA")
-    path = Path(env) if env else REPO.parent / "shared" / "data"
-    return path if path.is_dir() else None
 
 
 @pytest.fixture(scope="session")

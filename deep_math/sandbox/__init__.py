@@ -11,7 +11,7 @@ How it works: `Sandbox` starts a zygote (a fresh interpreter, minimal environmen
 numpy/sympy/scipy once; each session is a worker forked from it (~ms), keeping the session's
 globals and running snippets as real CPython `exec`. The caller's process never runs model code.
 
-What is covered (each layer has tests in tests/test_sandbox.py):
+What is covered (each layer has tests in tests/sandbox/):
 1. Policy (policy.py): import allow-list with actionable errors, restricted builtins (no open,
    input, compile; checked getattr/eval/exec), no dunder/frame introspection in snippet code.
    A guard rail for clear errors, not the boundary: sympify/lambdify/parse_expr evaluate strings

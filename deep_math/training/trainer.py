@@ -14,7 +14,7 @@ TRL 1.16 reads `args.temperature` once, in `GRPOTrainer.__init__` (`self.tempera
 We hold the installed function itself (found right after `GRPOTrainer.__init__`, before
 accelerate or DeepSpeed wrap anything), so later wrappers around `forward` do not hide it. If a
 TRL upgrade changes this mechanism, construction fails with a message instead of silently
-training at a constant temperature; `tests/test_schedule.py` checks the temperature actually
+training at a constant temperature; `tests/training/test_schedule.py` checks the temperature actually
 used by the loss.
 
 `training_step` applies the schedule before `_prepare_inputs` generates, so the rollouts of

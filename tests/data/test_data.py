@@ -13,13 +13,12 @@ from pathlib import Path
 
 import pytest
 import sympy as sp
-from conftest import shared_data_dir
 
 from deep_math.data import SAMPLE_FILE, DataError, Problem, load_problems, split_dev
+from deep_math.testing import REPO, shared_data_dir
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED = shared_data_dir()
-MATH500 = (SHARED or REPO_ROOT.parent / "shared" / "data") / "math500.jsonl"
+MATH500 = (SHARED or REPO.parent / "shared" / "data") / "math500.jsonl"
 
 
 def _frac(q: Fraction) -> str:
@@ -266,7 +265,7 @@ def test_hub_unreachable_message():
     )
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     out = subprocess.run(
-        [sys.executable, "-c", code], env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=60
+        [sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True, timeout=60
     ).stdout
     assert out.startswith("DataError Could not load dataset 'no-such-org/no-such-dataset'")
     assert "hf_tag=/path/to/file.jsonl" in out

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from deep_math.config_utils import ConfigError
+from deep_math.testing import REPO
 from deep_math.vllm_serve_agent import parse_args
-from tests.conftest import REPO
 
 SHIPPED = str(REPO / "configs" / "vllm_agent_server.yaml")
 

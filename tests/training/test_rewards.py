@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from deep_math.config_utils import ConfigError
+from deep_math.testing import REPO
 from deep_math.training.rewards import DEFAULT_REWARD_WEIGHTS, accuracy, build_rewards, code_use
 
 CALL = "<tool_call>\nprint({x})\n</tool_call>\n```output\n{x}\n```\n"
@@ -116,13 +117,12 @@ def test_bad_dotted_reward_names_fail_with_the_fix(reward_module, name, message)
 
 def test_dotted_reward_from_the_command_line(reward_module):
     """The override form the docstring gives: `++` merges the dotted key into the rewards mapping."""
-    from pathlib import Path
 
     from hydra import compose, initialize_config_dir
 
     from deep_math.training.config import load_training_config
 
-    configs = Path(__file__).resolve().parents[1] / "configs"
+    configs = REPO / "configs"
     with initialize_config_dir(config_dir=str(configs), version_base=None):
         raw = compose("training", overrides=["++rewards={my_rewards.brevity:0.5}"])
     cfg = load_training_config(raw)

@@ -12,6 +12,7 @@ import pytest
 from deep_math.evaluation.extract import extract_answer
 from deep_math.evaluation.grading import grade_answer, group_answers, is_correct
 from deep_math.evaluation.pool import GradingPool, grade_many
+from deep_math.testing import shared_data_dir
 
 TOOL = "<tool_call>\nimport sympy\nprint(sympy.Rational(1, 3))\n</tool_call>\n```output\n{out}\n```\n"
 
@@ -238,9 +239,8 @@ def test_pool_kills_hung_worker_and_goes_on():
 
 
 def _shared_data() -> Path | None:
-    env = os.environ.get("DEEP_MATH_SHARED_DATA")
-    path = Path(env) if env else Path(__file__).resolve().parents[2] / "shared/data"
-    return path if (path / "math500.jsonl").is_file() else None
+    shared = shared_data_dir()
+    return shared if shared is not None and (shared / "math500.jsonl").is_file() else None
 
 
 @pytest.mark.skipif(

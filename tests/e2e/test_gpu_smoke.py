@@ -8,11 +8,10 @@ import importlib.util
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from deep_math.testing import REPO as ROOT
 
 
 @pytest.mark.slow

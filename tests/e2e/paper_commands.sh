@@ -1,4 +1,4 @@
-# The original DeepMath README's commands, verbatim. tests/test_paper_commands.py checks that each
+# The original DeepMath README's commands, verbatim. tests/e2e/test_paper_commands.py checks that each
 # one gets past configuration and argument parsing (network and GPU library stubbed at their seams).
 python -m deep_math.vllm_serve_agent \
   --model Qwen/Qwen3-4B-Thinking-2507 \

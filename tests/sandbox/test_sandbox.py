@@ -19,6 +19,7 @@ import time
 import pytest
 
 from deep_math.sandbox import Sandbox
+from deep_math.testing import REPO
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the sandbox is Linux-only")
 
@@ -521,7 +522,7 @@ PARENT = textwrap.dedent(
 
 
 def test_parent_crash_leaves_no_workers():
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = str(REPO)
     parent = subprocess.Popen(
         [sys.executable, "-c", PARENT.format(root=root)], stdout=subprocess.PIPE, text=True
     )

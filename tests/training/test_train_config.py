@@ -6,8 +6,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from deep_math.config_utils import ConfigError
+from deep_math.testing import REPO
 from deep_math.training.config import TrainingConfig, load_training_config
-from tests.conftest import REPO
 
 CONFIGS = REPO / "configs"
 

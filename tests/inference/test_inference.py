@@ -18,7 +18,7 @@ from deep_math.config_utils import ConfigError, to_schema
 from deep_math.inference.config import LEGACY_KEYS, InferenceConfig
 from deep_math.inference.records import GeneratedFile
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 # A child process that runs inference on the bundled problems with a slow scripted engine.
 CHILD = textwrap.dedent(

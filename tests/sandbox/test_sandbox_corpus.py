@@ -1,15 +1,16 @@
 """Real model-written snippets from public tool-integrated-reasoning traces, replayed in the sandbox.
 
-tests/data/tir_corpus.jsonl holds code blocks and the output blocks recorded after them in
-microsoft/ToRA's published traces (sources, selection and licence: tests/data/README.md). Each
-trace is replayed in its own session, snippet by snippet in trace order, and the sandbox's result
-is put in the form ToRA's executor recorded (stdout stripped and cut to 400 characters, "Done" for
+tir_corpus/tir_corpus.jsonl (next to this file) holds code blocks and the output blocks recorded
+after them in microsoft/ToRA's published traces (sources, selection and licence:
+tir_corpus/README.md). Each trace is replayed in its own session, snippet by snippet in trace
+order, and the sandbox's result is put in the form ToRA's executor recorded (stdout stripped and cut to 400 characters, "Done" for
 no output, the last traceback line for an error, no output printed before an error), then compared
 exactly with the recorded output.
 
 Every snippet whose replay differs from the trace must be listed in EXPECTED_DIFFERENCES with the
 reason; an unexplained difference fails, and so does a listed one that no longer differs (the
-table stays true). Run `python -m pytest -q -s tests/test_sandbox_corpus.py` to see the agreement.
+table stays true). Run `python -m pytest -q -s tests/sandbox/test_sandbox_corpus.py` to see the
+agreement.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from deep_math.sandbox import Sandbox
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the sandbox is Linux-only")
 
-CORPUS = Path(__file__).parent / "data" / "tir_corpus.jsonl"
+CORPUS = Path(__file__).parent / "tir_corpus" / "tir_corpus.jsonl"
 SNIPPET_TIMEOUT_S = 10.0  # generous: the slowest snippet that finishes takes < 1 s, even under load
 # Snippets that run past any limit (an endless loop; a sympy loop of ~12 s) get a short one, so the
 # suite stays fast; either way the outcome is a timeout.

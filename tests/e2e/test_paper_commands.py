@@ -1,4 +1,4 @@
-"""The original DeepMath README's commands (tests/paper_commands.sh) get past configuration and
+"""The original DeepMath README's commands (tests/e2e/paper_commands.sh) get past configuration and
 argument parsing here. Where a command would next need the hub or a GPU library, the seam is stubbed
 and records what would have reached it: the engine builder (vLLM), the problem loader (the hub)."""
 

@@ -1,7 +1,7 @@
 """Rebuild tir_corpus.jsonl from the public ToRA repository (see README.md in this folder).
 
     git clone https://github.com/microsoft/ToRA /tmp/ToRA
-    python tests/data/make_tir_corpus.py /tmp/ToRA > tests/data/tir_corpus.jsonl
+    python tests/sandbox/tir_corpus/make_tir_corpus.py /tmp/ToRA > tests/sandbox/tir_corpus/tir_corpus.jsonl
 
 Each line is one trace: its source (repository, path, commit, model), the problem id, and the
 trace's code blocks in order with the output block that followed each one in the trace.

@@ -13,8 +13,7 @@ import pytest
 import yaml
 
 from deep_math.evaluation.arms import arm_of_meta, arm_of_problems, compare_pair, paired_bootstrap
-
-REPO = Path(__file__).resolve().parents[1]
+from deep_math.testing import REPO
 
 # meta as deep_math/inference/run.py writes it (the keys that decide the arm)
 META = {

@@ -10,8 +10,7 @@ from pathlib import Path
 import yaml
 
 from deep_math.evaluation.cli import quote_list_overrides
-
-REPO = Path(__file__).resolve().parents[1]
+from deep_math.testing import REPO
 
 
 def _record(pid, target, texts, tokens=(100,), tool=(0,), reason="answer"):
