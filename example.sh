@@ -19,7 +19,9 @@ if [[ $section == cpu ]]; then
   # 2. Baseline (no tools), agent, and agent + the trained LoRA adapter, 2 samples per problem.
   common="limit=4 model.sampling=2 +model.max_agent_output=256 model.generation.max_new_tokens=256"
   python inference.py $common +model.math_agent=false generated_file=$out/baseline.jsonl
-  python inference.py $common +model.math_agent=true generated_file=$out/agent.jsonl
+  # (the agent on the embedded model loads the shipped Mini-DeepMath adapter by default; the arms here
+  # compare the bare agent with the adapter this run trained, so they switch it off)
+  python inference.py $common +model.math_agent=true model.embedded_adapter=false generated_file=$out/agent.jsonl
   python inference.py $common +model.math_agent=true model.lora_path=$out/train generated_file=$out/agent-lora.jsonl
   # 3. One comparison table (markdown + YAML) and an accuracy-vs-length plot.
   python evaluation.py generated_file=$out/baseline.jsonl,$out/agent.jsonl,$out/agent-lora.jsonl
@@ -52,7 +54,7 @@ if [[ $section == vllm-cpu ]]; then
   common="limit=4 model.sampling=2 +model.use_vllm=true +model.max_agent_output=256 model.generation.max_new_tokens=256
     +model.vllm_params.enforce_eager=true +model.vllm_params.dtype=float32 +model.vllm_params.max_model_len=2048"
   python inference.py $common generated_file=$out/baseline.jsonl
-  python inference.py $common +model.math_agent=true generated_file=$out/agent.jsonl
+  python inference.py $common +model.math_agent=true model.embedded_adapter=false generated_file=$out/agent.jsonl
   python inference.py $common +model.math_agent=true model.lora_path=$out/train generated_file=$out/agent-lora.jsonl
   python evaluation.py generated_file=$out/baseline.jsonl,$out/agent.jsonl,$out/agent-lora.jsonl
 fi
@@ -94,7 +96,9 @@ if [[ $section == mini ]]; then
   python -m deep_math.training.mini_grpo init_adapter=$out/sft train.output_dir=$out/grpo-gated \
     '~rewards' '+rewards={accuracy:0.1,code_use_gated:1.0}'
   # 3. Four arms on the held-out test split (new phrasings included) and on GSM8K test rows.
-  agent="+model.math_agent=true +model.template=mini +model.examples=null +model.max_steps=2 +model.max_agent_output=128"
+  # embedded_adapter=false: the untrained arm runs the bare model (by default the agent on the embedded
+  # model loads the shipped adapter, which is this recipe's SFT output); the other arms name theirs.
+  agent="+model.math_agent=true model.embedded_adapter=false +model.template=mini +model.examples=null +model.max_steps=2 +model.max_agent_output=128"
   base="+model.math_agent=false +model.max_agent_output=192"
   sets=(test:deep_math/data/mini_test.jsonl:60)
   gsm8k=${GSM8K:-../shared/data/gsm8k_test.jsonl}

@@ -164,11 +164,33 @@ def _looks_like_path(name: str) -> bool:
     return name.startswith(("/", "./", "../", "~"))
 
 
+# The Mini-DeepMath cold-start adapter for the embedded model, shipped in the package (made by
+# `bash example.sh mini`, step 1; its SFT config and training log lie beside it). Inference loads it
+# by default when it runs the agent on the embedded model: the bare 135M model never calls the tool.
+EMBEDDED_ADAPTER_DIR = Path(__file__).resolve().parent / "adapters" / "smollm2-mini-sft"
+EMBEDDED_ADAPTER_TEMPLATE = "mini"  # the prompt it was trained with (deep_math/prompts.py)
+
+
+def is_embedded(name_or_path: str | None) -> bool:
+    return not name_or_path or name_or_path == EMBEDDED_MODEL
+
+
+def embedded_adapter_dir() -> Path:
+    """The shipped adapter's folder; ModelLoadError (naming the switch) when it is missing."""
+    if not (EMBEDDED_ADAPTER_DIR / "adapter_config.json").is_file():
+        raise ModelLoadError(
+            f"The embedded model's adapter is missing from {EMBEDDED_ADAPTER_DIR} (a source checkout "
+            "without it?): run the bare model with model.embedded_adapter=false, or rebuild it with "
+            "`bash example.sh mini` and copy outputs/mini/sft there"
+        )
+    return EMBEDDED_ADAPTER_DIR
+
+
 def resolve_model_path(name_or_path: str | None) -> str:
     """None, "" or EMBEDDED_MODEL -> the local trainable copy (created if needed); an existing
     local folder -> itself; a path-looking string that does not exist -> ModelLoadError;
     anything else is a Hugging Face Hub id, returned as is (not checked here)."""
-    if not name_or_path or name_or_path == EMBEDDED_MODEL:
+    if is_embedded(name_or_path):
         return str(ensure_embedded_model())
     expanded = Path(name_or_path).expanduser()
     if expanded.is_dir():

@@ -7,19 +7,6 @@ from typing import Any
 
 from deep_math.agent.config import AgentConfig, flat_agent_keys
 
-ENGINE_KWARGS = {
-    "transformers": ("model_name_or_path", "device", "dtype", "lora_path", "max_batch_size"),
-    "vllm": (
-        "model_name_or_path",
-        "lora_path",
-        "tensor_parallel_size",
-        "data_parallel_size",
-        "gpu_memory_utilization",
-        "max_model_len",
-    ),
-    "server": ("base_url",),
-}
-
 
 @dataclass
 class GenerationConfig:
@@ -43,6 +30,9 @@ class ModelConfig:
     engine: str = "transformers"
     math_agent: bool = False  # the paper's default: its baseline command runs without +model.math_agent
     lora_path: str | None = None
+    # With the agent on the embedded model (and no lora_path): load the shipped Mini-DeepMath SFT
+    # adapter and its prompt (template "mini"), so the default model calls the tool. false = bare model.
+    embedded_adapter: bool = True
     sampling: int = 1  # samples per problem (16 for maj@16)
     template: str | None = None  # None: "agent" with math_agent, else "baseline"
     examples: str | None = "deep_math/fewshot.txt"  # few-shot examples (agent template only)
@@ -62,6 +52,14 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if self.sampling < 1:
             raise ValueError(f"model.sampling must be >= 1, got {self.sampling}")
+        if self.uses_embedded_adapter:
+            from deep_math.models import EMBEDDED_ADAPTER_TEMPLATE, ModelLoadError, embedded_adapter_dir
+
+            try:
+                self.lora_path = str(embedded_adapter_dir())
+            except ModelLoadError as exc:
+                raise ValueError(str(exc)) from None
+            self.template = self.template or EMBEDDED_ADAPTER_TEMPLATE
         if self.template is None:
             self.template = "agent" if self.math_agent else "baseline"
         if self.vllm_params and self.engine != "vllm":
@@ -70,9 +68,25 @@ class ModelConfig:
                 f"'{self.engine}': add +model.use_vllm=true (or model.engine=vllm), or drop vllm_params"
             )
 
+    @property
+    def uses_embedded_adapter(self) -> bool:
+        """The agent on the embedded model with no adapter of the user's: the shipped one applies."""
+        from deep_math.models import is_embedded
+
+        local = self.engine != "server"  # a server runs the model (and adapters) it was started with
+        return (
+            self.embedded_adapter
+            and self.math_agent
+            and local
+            and not self.lora_path
+            and is_embedded(self.model_name_or_path)
+        )
+
     def engine_kwargs(self) -> dict[str, Any]:
-        names = ENGINE_KWARGS.get(self.engine, ())
-        kwargs = {name: getattr(self, name) for name in names}
+        """The options of this config the engine's constructor takes (read from its signature)."""
+        from deep_math import engines
+
+        kwargs = engines.engine_kwargs(self.engine, vars(self))
         if self.engine == "vllm":
             kwargs.update(self.vllm_params)  # vLLM names its own unknown arguments
         return kwargs

@@ -1,6 +1,6 @@
 """VLLMEngine's NCCL weight-transfer hooks against a fake `vllm` (CPU): what cannot run here.
 
-Everything that runs on CPU is tested against real vLLM in tests/test_vllm_real.py (`-m vllm`).
+Everything that runs on CPU is tested against real vLLM in tests/e2e/test_vllm_real.py (`-m vllm`).
 NCCL needs GPUs, so the hooks TRL's trainer drives over NCCL are checked against `FakeAsyncLLM`,
 which models what vLLM 0.31's AsyncLLM and GPU worker do (read in vllm/v1/engine/async_llm.py and
 vllm/v1/worker/gpu_worker.py): `AsyncEngineArgs` refuses unknown arguments; `update_weights` before

