@@ -142,7 +142,7 @@ def runner_speedup(args) -> dict:
     from deep_math.agent.runner import AgentRunner
     from deep_math.data import load_problems
     from deep_math.engines.base import SamplingParams
-    from deep_math.engines.transformers_engine import TransformersEngine
+    from deep_math.engines.transformers import TransformersEngine
     from deep_math.prompts import build_prompt_ids, load_examples
     from deep_math.sandbox import Sandbox
 

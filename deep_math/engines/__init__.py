@@ -20,7 +20,7 @@ from deep_math.config_utils import unknown_name_error
 from deep_math.engines.base import Engine, EngineError, GenRequest, GenResult, SamplingParams
 
 ENGINES: dict[str, str] = {
-    "transformers": "deep_math.engines.transformers_engine:TransformersEngine",
+    "transformers": "deep_math.engines.transformers:TransformersEngine",
     "vllm": "deep_math.engines.vllm:VLLMEngine",
     "server": "deep_math.engines.server_engine:ServerEngine",
     "scripted": "deep_math.engines.scripted:ScriptedEngine",

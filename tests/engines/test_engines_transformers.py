@@ -12,7 +12,7 @@ import torch
 from deep_math.engines.base import EngineError, GenRequest, GenResult, SamplingParams
 from deep_math.engines.batching import MicroBatcher
 from deep_math.engines.stops import decode, first_stop
-from deep_math.engines.transformers_engine import RowSampler, TransformersEngine
+from deep_math.engines.transformers import RowSampler, TransformersEngine
 
 
 @pytest.fixture(scope="module")
@@ -321,7 +321,7 @@ def test_gqa_sdpa_attention_gives_identical_batched_outputs():
     """The CPU grouped-query attention the engine switches to must not change a single logit."""
     import torch
 
-    from deep_math.engines.attention import NAME, use_gqa_sdpa
+    from deep_math.engines.transformers.attention import NAME, use_gqa_sdpa
     from deep_math.models import load_model
 
     model = load_model(None).eval()
@@ -341,8 +341,8 @@ def test_prefix_cache_reuses_the_shared_prompt_and_changes_no_output(attention):
     sdpa: switched to our CPU attention, one shared copy of the prefix (cascade attention);
     eager: any other attention, the path CUDA takes, the prefix copied into every row."""
     from deep_math.engines.base import GenRequest, SamplingParams
-    from deep_math.engines.shared_prefix import SharedPrefixCache
-    from deep_math.engines.transformers_engine import TransformersEngine
+    from deep_math.engines.transformers import TransformersEngine
+    from deep_math.engines.transformers.shared_prefix import SharedPrefixCache
     from deep_math.models import load_model, load_tokenizer
 
     tok, model = load_tokenizer(None), load_model(None).eval()
@@ -369,7 +369,7 @@ def test_chunked_batches_drop_finished_rows_without_changing_samples(attention):
     """Rows leave the batch between chunks; seeded samples must be the same as unchunked.
     (eager: transformers' own cache and attention, the path CUDA takes.)"""
     from deep_math.engines.base import GenRequest, SamplingParams
-    from deep_math.engines.transformers_engine import TransformersEngine
+    from deep_math.engines.transformers import TransformersEngine
     from deep_math.models import load_model, load_tokenizer
 
     tok, model = load_tokenizer(None), load_model(None).eval()

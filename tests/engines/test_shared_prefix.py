@@ -1,5 +1,5 @@
-"""Cascade attention over one shared prompt prefix (deep_math/engines/shared_prefix.py) and the
-engine's vectorized top-p / inverse-CDF sampler: both must be exact, not approximately fast."""
+"""Cascade attention over one shared prompt prefix (deep_math/engines/transformers/shared_prefix.py)
+and the engine's vectorized top-p / inverse-CDF sampler: both must be exact, not approximately fast."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import pytest
 import torch
 from transformers import DynamicCache
 
-from deep_math.engines import shared_prefix
 from deep_math.engines.base import SamplingParams
-from deep_math.engines.shared_prefix import SharedPrefixCache, cascade_attention
-from deep_math.engines.transformers_engine import RowSampler
+from deep_math.engines.transformers import shared_prefix
+from deep_math.engines.transformers.sampling import RowSampler, row_generators
+from deep_math.engines.transformers.shared_prefix import SharedPrefixCache, cascade_attention
 
 
 def reference_attention(query, prefix_k, prefix_v, key, value, visible, scale):
@@ -75,7 +75,7 @@ def test_shared_prefix_layer_grows_in_place_and_selects_rows():
 
 @pytest.fixture(scope="module")
 def model():
-    from deep_math.engines.attention import use_gqa_sdpa
+    from deep_math.engines.transformers.attention import use_gqa_sdpa
     from deep_math.models import load_model
 
     m = load_model(None).eval()
@@ -141,7 +141,7 @@ def test_engine_batches_attend_to_one_copy_of_the_prefix(model, monkeypatch):
     """The engine must actually take the cascade path for a batch sharing a long prefix (and
     give the same tokens as without any prefix reuse)."""
     from deep_math.engines.base import GenRequest
-    from deep_math.engines.transformers_engine import TransformersEngine
+    from deep_math.engines.transformers import TransformersEngine
     from deep_math.models import load_tokenizer
 
     tok = load_tokenizer(None)
@@ -235,16 +235,12 @@ def test_row_generators_live_on_the_cpu_whatever_the_model_device():
     """`_draw` takes its uniforms with `torch.rand(generator=g)` on the CPU: a generator made on the
     model's device (CUDA) would make every sampled step fail there, and seeded rows would draw
     different streams on CPU and GPU."""
-    from deep_math.engines.transformers_engine import TransformersEngine
-
-    engine = object.__new__(TransformersEngine)  # only `_generators` is exercised
-    engine.device = torch.device("cuda")
     rows = [
         SamplingParams(temperature=0),
         SamplingParams(temperature=1.0, seed=7),
         SamplingParams(temperature=0.7),
     ]
-    generators = engine._generators(rows)
+    generators = row_generators(rows)
     assert generators[0] is None
     assert all(g.device.type == "cpu" for g in generators[1:])
     assert torch.equal(
@@ -259,7 +255,7 @@ def test_policy_rollouts_never_reuse_a_prefix_computed_with_old_weights():
 
     from deep_math.agent.config import AgentConfig
     from deep_math.engines.base import GenRequest
-    from deep_math.engines.transformers_engine import TransformersEngine
+    from deep_math.engines.transformers import TransformersEngine
     from deep_math.models import load_model, load_tokenizer
     from deep_math.training.sources import PolicyTraceSource
 

@@ -12,8 +12,8 @@ Attention is computed in two parts and merged exactly ("cascade" attention): sof
 log-sum-exps. The prefix part folds all rows and all query heads of a KV-head group into one
 query matrix, so the prefix is read once per layer per step whatever the batch size.
 
-The cache is only valid with the attention registered in `deep_math.engines.attention`, which
-runs the cascade while `active(cache)` is in effect (`TransformersEngine` does both).
+The cache is only valid with the attention registered in `deep_math.engines.transformers.attention`,
+which runs the cascade while `active(cache)` is in effect (`TransformersEngine` does both).
 """
 
 from __future__ import annotations

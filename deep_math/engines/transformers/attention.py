@@ -19,7 +19,7 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
-from deep_math.engines import shared_prefix
+from deep_math.engines.transformers import shared_prefix
 
 NAME = "deep_math_sdpa"
 
