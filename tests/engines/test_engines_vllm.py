@@ -463,3 +463,29 @@ def test_reset_prefix_cache_route_calls_the_engine_or_says_it_has_none():
     with pytest.raises(HTTPError, match="no prefix cache to reset") as info:
         service.reset_prefix_cache()
     assert info.value.status == 501
+
+
+def test_weights_hash_sees_linear_weights_that_vllm_cpu_prepacked_and_emptied():
+    """vLLM's CPU backend keeps a linear layer's weights only inside its packed kernel
+    (`layer.cpu_linear`) and leaves `weight` empty; the hash must still change when they do."""
+    import torch
+
+    from deep_math.engines.vllm.worker import served_tensors
+    from deep_math.engines.weights import tensors_hash
+
+    def packed_layer(w: torch.Tensor) -> torch.nn.Module:
+        layer = torch.nn.Module()
+        layer.weight = torch.nn.Parameter(torch.empty(0), requires_grad=False)
+        layer.input_size_per_partition = w.shape[1]
+        layer.cpu_linear = lambda x, weight, bias: x @ w.t()  # as vLLM's closure over the packed copy
+        return layer
+
+    def model(w: torch.Tensor) -> torch.nn.Module:
+        m = torch.nn.Module()
+        m.norm = torch.nn.LayerNorm(4)
+        m.down_proj = packed_layer(w)
+        return m
+
+    w = torch.randn(3, 4)
+    assert tensors_hash(served_tensors(model(w))) == tensors_hash(served_tensors(model(w.clone())))
+    assert tensors_hash(served_tensors(model(w))) != tensors_hash(served_tensors(model(w * 0.5)))

@@ -9,6 +9,9 @@ feeds them to the model's own `load_weights` (HF checkpoint names; vLLM fuses an
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import Any
+
 WORKER_EXTENSION = "deep_math.engines.vllm.worker.DeepMathWorkerExtension"
 
 
@@ -26,8 +29,32 @@ class DeepMathWorkerExtension:
         return len(tensors)
 
     def deep_math_weights_hash(self) -> str:
-        """sha256 over this worker's parameters: vLLM's fused, per-rank layout, so it says whether
-        the served weights changed, not what they equal."""
+        """sha256 over what this worker serves: vLLM's fused, per-rank layout, so it says whether
+        the served weights changed, not what they equal.
+
+        vLLM's CPU backend prepacks linear weights for oneDNN / its GEMM kernels and then replaces
+        `weight` with an empty tensor (`dispatch_cpu_unquantized_gemm(remove_weight=True)`): those
+        layers are fingerprinted by what they compute, their output on a fixed probe input, which
+        changes whenever the packed weights do."""
         from deep_math.engines.weights import tensors_hash
 
-        return tensors_hash(self.model_runner.model.named_parameters())  # type: ignore[attr-defined]
+        return tensors_hash(served_tensors(self.model_runner.model))  # type: ignore[attr-defined]
+
+
+def served_tensors(model: Any) -> Iterator[tuple[str, Any]]:
+    """(name, tensor) for every parameter that holds weights, plus, for each linear layer whose
+    weights live only in a prepacked kernel (CPU), that kernel's output on a seeded probe."""
+    import torch
+
+    for name, param in model.named_parameters():
+        if param.numel():
+            yield name, param
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            weight = getattr(module, "weight", None)
+            packed = getattr(module, "cpu_linear", None)
+            if packed is None or weight is None or weight.numel():
+                continue
+            generator = torch.Generator().manual_seed(0)
+            probe = torch.randn(2, module.input_size_per_partition, generator=generator).to(weight.dtype)
+            yield f"{name}.served", packed(probe, weight, None)
