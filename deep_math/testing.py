@@ -34,8 +34,6 @@ def entry_point(argv: list[str]) -> tuple[str, list[str]] | None:
 def compose_entry(script: str, args: list[str]) -> Any:
     """The validated schema object (TrainingConfig, InferenceConfig, EvaluationConfig) that `script`
     would build from the command-line `args` (Hydra overrides, `--config-name NAME` included)."""
-    from hydra import compose, initialize_config_dir
-
     from deep_math.config_utils import to_schema
 
     name = script.removesuffix(".py")
@@ -46,8 +44,7 @@ def compose_entry(script: str, args: list[str]) -> Any:
         from deep_math.evaluation.cli import quote_list_overrides
 
         args = quote_list_overrides(args)
-    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base=None):
-        raw = compose(name, overrides=args)
+    raw = compose_raw(name, args)
     if script == "training.py":
         from deep_math.training.config import load_training_config
 
@@ -63,6 +60,27 @@ def compose_entry(script: str, args: list[str]) -> Any:
     from evaluation import LEGACY  # the entry script's own table of the paper's extra keys
 
     return to_schema(raw, EvaluationConfig, LEGACY)
+
+
+def compose_raw(name: str, args: list[str]) -> Any:
+    """The raw Hydra config `configs/NAME.yaml` composed with the overrides `args`."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base=None):
+        return compose(name, overrides=args)
+
+
+def compose_module(name: str, args: list[str]) -> Any:
+    """The validated config that `python -m deep_math.training.NAME` (NAME: sft or mini_grpo) would
+    build from the command-line `args` (Hydra overrides): SFTRunConfig or MiniGRPOConfig."""
+    raw = compose_raw(name, args)
+    if name == "sft":
+        from deep_math.training.sft import load_sft_config
+
+        return load_sft_config(raw)
+    from deep_math.training.mini_grpo import load_mini_grpo_config
+
+    return load_mini_grpo_config(raw)
 
 
 def distinct_chars(completions: list[Any], **kwargs: Any) -> list[float]:

@@ -10,16 +10,9 @@ import importlib.util
 
 import pytest
 
-from deep_math.testing import REPO, compose_entry
+from deep_math.testing import REPO, compose_entry, compose_raw
 
 CONFIGS = sorted(p.relative_to(REPO / "configs").as_posix() for p in (REPO / "configs").rglob("*.yaml"))
-
-
-def hydra_compose(name: str):
-    from hydra import compose, initialize_config_dir
-
-    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base=None):
-        return compose(name)
 
 
 def entry(script: str, *required: str):
@@ -28,7 +21,7 @@ def entry(script: str, *required: str):
 
 
 def module_loader(module: str, loader: str):
-    return lambda name: getattr(importlib.import_module(module), loader)(hydra_compose(name))
+    return lambda name: getattr(importlib.import_module(module), loader)(compose_raw(name, []))
 
 
 def server(name: str):

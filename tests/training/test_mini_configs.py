@@ -12,22 +12,7 @@ from pathlib import Path
 import pytest
 
 from deep_math.config_utils import ConfigError
-from deep_math.testing import REPO, compose_entry, entry_point
-
-
-def compose_module(name: str, args: list[str]):
-    from hydra import compose, initialize_config_dir
-
-    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base=None):
-        raw = compose(name, overrides=args)
-    if name == "sft":
-        from deep_math.training.sft import load_sft_config
-
-        return load_sft_config(raw)
-    from deep_math.training.mini_grpo import load_mini_grpo_config
-
-    return load_mini_grpo_config(raw)
-
+from deep_math.testing import REPO, compose_entry, compose_module, entry_point
 
 MODULES = {"deep_math.training.sft": "sft", "deep_math.training.mini_grpo": "mini_grpo"}
 

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from tests.training.test_mini_configs import compose_module
+from deep_math.testing import compose_module
 
 MARGIN = 0.15  # absolute accuracy on the dev problems
 
