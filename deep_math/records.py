@@ -4,11 +4,17 @@
 them into reward-function columns, inference writes them into each sample of the generated file and
 evaluation reads them back. "Used a tool successfully" (the code_use reward) is decided in one place,
 `used_tool_successfully`.
+
+The generated file (inference writes it, evaluation reads it) holds one JSON object a line per
+problem: its keys are named here (`RECORD_FIELDS`, `SAMPLE_FIELDS`, the key constants) and its
+records are built here (`problem_record`, `sample_record`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, fields
+from typing import Any
 
 
 @dataclass(kw_only=True)
@@ -44,3 +50,46 @@ def used_tool_successfully(
 ) -> bool:
     """The one definition of a successful tool use, for counters held in columns (rollout, rewards)."""
     return int(tool_calls) - int(tool_errors) - int(tool_timeouts) - int(sandbox_errors) > 0
+
+
+# The keys of a generated-file record, and of each entry of its `samples`, in the order written.
+ID, PROBLEM, TARGET, TEXT, SAMPLES, META = "id", "problem", "target", "text", "samples", "meta"
+FINISH_REASON, TOOL_OUTPUT_SPANS, ERROR = "finish_reason", "tool_output_spans", "error"
+RECORD_FIELDS: tuple[str, ...] = (ID, PROBLEM, TARGET, TEXT, SAMPLES, META)
+SAMPLE_FIELDS: tuple[str, ...] = (TEXT, *STAT_FIELDS, FINISH_REASON, TOOL_OUTPUT_SPANS, ERROR)
+# written only when known (the agent located its tool output) / when the trace failed with a message
+OPTIONAL_SAMPLE_FIELDS: tuple[str, ...] = (TOOL_OUTPUT_SPANS, ERROR)
+
+
+def sample_record(
+    stats: TraceStats,
+    text: str,
+    finish_reason: str,
+    tool_output_spans: Iterable[Iterable[int]] | None = None,
+    error: str | None = None,
+) -> dict[str, Any]:
+    """One entry of a record's `samples`: the trace's text, its counters, why it ended, and (when
+    known) where the agent inserted tool output and (when it failed) the error message."""
+    rec: dict[str, Any] = {TEXT: text, **stats.stats(), FINISH_REASON: finish_reason}
+    if tool_output_spans is not None:
+        rec[TOOL_OUTPUT_SPANS] = [list(span) for span in tool_output_spans]
+    if error:
+        rec[ERROR] = error
+    return rec
+
+
+def problem_record(
+    pid: str, problem: str, target: Any, samples: list[dict[str, Any]], meta: dict[str, Any]
+) -> dict[str, Any]:
+    """One line of the generated file: a problem, its gold answer and its `sample_record`s. `text`
+    repeats the samples' texts for readers of the minimal form: a string when there is one sample,
+    else a list."""
+    texts = [sample[TEXT] for sample in samples]
+    return {
+        ID: pid,
+        PROBLEM: problem,
+        TARGET: target,
+        TEXT: texts[0] if len(texts) == 1 else texts,
+        SAMPLES: samples,
+        META: meta,
+    }

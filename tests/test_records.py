@@ -10,10 +10,17 @@ import pytest
 
 from deep_math.agent.trace import Trace
 from deep_math.data import Problem
-from deep_math.evaluation.records import Sample, read_generated
+from deep_math.evaluation.records import Sample, parse_record, read_generated
 from deep_math.inference.records import GeneratedFile
 from deep_math.inference.run import make_record
-from deep_math.records import STAT_FIELDS, TraceStats, used_tool_successfully
+from deep_math.records import (
+    OPTIONAL_SAMPLE_FIELDS,
+    RECORD_FIELDS,
+    SAMPLE_FIELDS,
+    STAT_FIELDS,
+    TraceStats,
+    used_tool_successfully,
+)
 from deep_math.training.rewards import code_use
 
 
@@ -32,6 +39,31 @@ def test_generated_record_round_trips_every_counter(tmp_path):
     for trace, sample in zip(traces, problem.samples, strict=True):
         assert sample.text == trace.text and sample.finish_reason == trace.finish_reason
         assert {name: getattr(sample, name) for name in STAT_FIELDS} == trace.stats()
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_inference_record_has_the_named_fields_and_parses_for_evaluation(tmp_path, n):
+    full = Trace(prompt_ids=[1], text="a", finish_reason="error", tool_output_spans=[(0, 1)], error="boom",
+                 tool_calls=1)  # fmt: skip
+    bare = Trace(prompt_ids=[1], text="b", finish_reason="eos")
+    traces = [full, bare][:n]
+    record = make_record(Problem(id="p", problem="1+1?", answer="2"), "p", traces, {"model": "m"})
+    assert tuple(record) == RECORD_FIELDS  # the keys, in the order written
+    assert record["text"] == ("a" if n == 1 else ["a", "b"])  # one sample: a string
+    assert tuple(record["samples"][0]) == SAMPLE_FIELDS
+    if n == 2:
+        assert tuple(record["samples"][1]) == tuple(
+            k for k in SAMPLE_FIELDS if k not in OPTIONAL_SAMPLE_FIELDS
+        )
+    path = tmp_path / "gen.jsonl"
+    with GeneratedFile(path, {"model": "m"}) as out:
+        out.write(record)
+    (problem,) = read_generated(path, strict=True).problems
+    assert problem == parse_record(record, 0, 1)
+    assert (problem.id, problem.problem, problem.target, problem.meta) == ("p", "1+1?", "2", {"model": "m"})
+    assert [s.text for s in problem.samples] == [t.text for t in traces]
+    assert problem.samples[0].finish_reason == "error" and problem.samples[0].tool_calls == 1
+    assert {f.name for f in dataclasses.fields(Sample)} <= set(SAMPLE_FIELDS)  # evaluation reads these
 
 
 def test_every_counter_is_a_sample_field_and_keyword_only():

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
-from deep_math.records import TraceStats
+from deep_math.records import TraceStats, sample_record
 
 TraceFinish = Literal["answer", "eos", "max_steps", "budget", "error"]
 
@@ -36,13 +36,8 @@ class Trace(TraceStats):
     error: str | None = None
 
     def sample_record(self) -> dict:
-        """The per-sample dict of the generated-file record (DESIGN.md)."""
-        rec = {"text": self.text, **self.stats(), "finish_reason": self.finish_reason}
-        if self.tool_output_spans is not None:
-            rec["tool_output_spans"] = [list(span) for span in self.tool_output_spans]
-        if self.error:
-            rec["error"] = self.error
-        return rec
+        """The per-sample dict of the generated-file record (`deep_math.records.sample_record`)."""
+        return sample_record(self, self.text, self.finish_reason, self.tool_output_spans, self.error)
 
     def to_dict(self) -> dict:
         return asdict(self)

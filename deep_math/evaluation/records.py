@@ -1,7 +1,8 @@
 """Reading generated files (inference.py output) for evaluation.
 
-Accepted per line: the full record `{"id", "problem", "target", "text", "samples", "meta"}` and the
-original minimal form `{"text": str | [str], "target": str}` (`answer` is accepted for `target`).
+Accepted per line: the full record `{"id", "problem", "target", "text", "samples", "meta"}`
+(`deep_math.records` names its fields and builds it for inference) and the original minimal form
+`{"text": str | [str], "target": str}` (`answer` is accepted for `target`).
 When `samples` is present its entries give text and counts; otherwise each `text` becomes a sample
 without counts (lengths are then measured with a tokenizer). A malformed line is reported with its
 line number: skipped with a warning (listed in the results), or an error with `strict=True`.
@@ -16,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from deep_math.records import STAT_FIELDS
+from deep_math.records import FINISH_REASON, ID, META, PROBLEM, SAMPLES, STAT_FIELDS, TARGET, TEXT
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,7 @@ class ReadResult:
     malformed: list[str]  # "path:line: reason" for each skipped line
 
 
-_SAMPLE_KEYS = STAT_FIELDS  # the TraceStats counters inference writes into each sample
+_LEGACY_TARGET = "answer"  # the minimal form's other name for TARGET
 
 
 def _int_or_none(value: Any, key: str) -> int | None:
@@ -79,37 +80,37 @@ def _int_or_none(value: Any, key: str) -> int | None:
 def _sample(obj: Any) -> Sample:
     if isinstance(obj, str):
         return Sample(text=obj)
-    if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
-        raise RecordError(f"a sample must be a string or an object with a 'text' string, got {obj!r:.80}")
-    counts = {k: _int_or_none(obj.get(k), k) for k in _SAMPLE_KEYS}
-    reason = obj.get("finish_reason")
-    return Sample(text=obj["text"], finish_reason=None if reason is None else str(reason), **counts)
+    if not isinstance(obj, dict) or not isinstance(obj.get(TEXT), str):
+        raise RecordError(f"a sample must be a string or an object with a '{TEXT}' string, got {obj!r:.80}")
+    counts = {k: _int_or_none(obj.get(k), k) for k in STAT_FIELDS}
+    reason = obj.get(FINISH_REASON)
+    return Sample(text=obj[TEXT], finish_reason=None if reason is None else str(reason), **counts)
 
 
 def parse_record(obj: Any, index: int, line: int) -> GeneratedProblem:
     """One decoded JSON line -> GeneratedProblem; RecordError says what is wrong."""
     if not isinstance(obj, dict):
         raise RecordError(f"expected a JSON object, got {type(obj).__name__}")
-    target = obj.get("target", obj.get("answer"))
+    target = obj.get(TARGET, obj.get(_LEGACY_TARGET))
     if target is None or (isinstance(target, str) and not target.strip()):
-        raise RecordError("missing gold answer ('target')")
+        raise RecordError(f"missing gold answer ('{TARGET}')")
     if isinstance(target, bool) or not isinstance(target, str | int | float):
-        raise RecordError(f"'target' must be a string or number, got {target!r:.80}")
-    if obj.get("samples") is not None:
-        if not isinstance(obj["samples"], list):
-            raise RecordError("'samples' must be a list")
-        samples = [_sample(s) for s in obj["samples"]]
+        raise RecordError(f"'{TARGET}' must be a string or number, got {target!r:.80}")
+    if obj.get(SAMPLES) is not None:
+        if not isinstance(obj[SAMPLES], list):
+            raise RecordError(f"'{SAMPLES}' must be a list")
+        samples = [_sample(s) for s in obj[SAMPLES]]
     else:
-        text = obj.get("text")
+        text = obj.get(TEXT)
         texts = [text] if isinstance(text, str) else text
         if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
-            raise RecordError("'text' must be a string or a list of strings")
+            raise RecordError(f"'{TEXT}' must be a string or a list of strings")
         samples = [Sample(text=t) for t in texts]
     if not samples:
-        raise RecordError("no samples ('text' / 'samples' is empty)")
-    meta = obj.get("meta") if isinstance(obj.get("meta"), dict) else {}
-    pid = obj.get("id")
-    statement = obj.get("problem")
+        raise RecordError(f"no samples ('{TEXT}' / '{SAMPLES}' is empty)")
+    meta = obj.get(META) if isinstance(obj.get(META), dict) else {}
+    pid = obj.get(ID)
+    statement = obj.get(PROBLEM)
     return GeneratedProblem(
         index,
         line,

@@ -11,6 +11,7 @@ from deep_math.agent.trace import Trace
 from deep_math.engines.base import SamplingParams
 from deep_math.inference.config import InferenceConfig
 from deep_math.inference.records import GeneratedFile
+from deep_math.records import problem_record
 from deep_math.seeds import derive_seed
 
 log = logging.getLogger(__name__)
@@ -85,15 +86,7 @@ def unique_ids(problems) -> list[str]:
 
 
 def make_record(problem, pid: str, traces: list[Trace], meta: dict) -> dict:
-    texts = [t.text for t in traces]
-    return {
-        "id": pid,
-        "problem": problem.problem,
-        "target": problem.answer,
-        "text": texts[0] if len(texts) == 1 else texts,
-        "samples": [t.sample_record() for t in traces],
-        "meta": meta,
-    }
+    return problem_record(pid, problem.problem, problem.answer, [t.sample_record() for t in traces], meta)
 
 
 def run_inference(cfg: InferenceConfig, engine=None) -> RunSummary:
