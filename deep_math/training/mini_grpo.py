@@ -51,7 +51,7 @@ def dev_accuracy(model: Any, tokenizer: Any, problems: list, cfg: TrainingConfig
     """Greedy agent traces of `model` on `problems`: mean accuracy reward, tool use, model tokens."""
     from deep_math.agent.runner import AgentRunner
     from deep_math.engines.base import SamplingParams
-    from deep_math.engines.transformers_engine import TransformersEngine
+    from deep_math.engines.transformers import TransformersEngine
     from deep_math.prompts import build_prompt_ids, load_examples
     from deep_math.training.rewards import accuracy
 

@@ -68,7 +68,7 @@ class PolicyTraceSource:
             return
         self.close()
         from deep_math.agent.runner import AgentRunner
-        from deep_math.engines.transformers_engine import TransformersEngine
+        from deep_math.engines.transformers import TransformersEngine
 
         kwargs = {"prefix_cache": True, **self.engine_kwargs}
         self.engine = TransformersEngine(model=model, tokenizer=self.tokenizer, **kwargs)

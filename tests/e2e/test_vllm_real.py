@@ -283,3 +283,10 @@ def test_inference_py_with_vllm_end_to_end(data_parallel, tmp_path):
     assert len(records) == 2 and all(len(r["samples"]) == 2 for r in records)
     assert records[0]["meta"]["engine"] == "vllm"
     assert all(s["finish_reason"] != "error" for r in records for s in r["samples"]), records
+    # The agent on the embedded model runs the shipped SFT adapter, served by vLLM as a LoRA
+    # (last 10 layers only): it calls the tool, which the bare model never does.
+    from deep_math.models import EMBEDDED_ADAPTER_DIR
+
+    assert records[0]["meta"]["lora_path"] == str(EMBEDDED_ADAPTER_DIR)
+    used_tool = [s["tool_calls"] > 0 for r in records for s in r["samples"]]
+    assert sum(used_tool) >= 3, [s["text"] for r in records for s in r["samples"]]
