@@ -1,5 +1,7 @@
-"""Helpers shared by the tests (and usable by anyone checking a command): compose an entry
-script's Hydra config exactly as the script would, without running it.
+"""Helpers shared by the tests (and usable by anyone checking a command): the repo path, the
+shared benchmark data, composing an entry script's Hydra config exactly as the script would
+(without running it), the tiny model, an engine wrapper that records what it returned, and the
+smoke reward.
 
     cfg = compose_entry("inference.py", ["+model.use_vllm=true", "hf_tag=HuggingFaceH4/MATH-500"])
 """
@@ -10,6 +12,10 @@ import os
 import sys
 from pathlib import Path
 from typing import Any
+
+# The tiny random model (2 layers, hidden 64) lives in deep_math.training.tiny, next to the training
+# code that scripts/gpu_smoke.sh also runs; re-exported here with the other test helpers.
+from deep_math.training.tiny import tiny_config, tiny_model_dir
 
 REPO = Path(__file__).resolve().parents[1]
 ENTRY_SCRIPTS = ("training.py", "inference.py", "evaluation.py")
@@ -95,3 +101,36 @@ def distinct_chars(completions: list[Any], **kwargs: Any) -> list[float]:
 
     texts = [completion_text(c) for c in completions]
     return [len(set(t)) / max(len(t), 1) for t in texts]
+
+
+class RecordingEngine:
+    """Wraps an engine and records every result it returned, to check token ids exactly."""
+
+    def __init__(self, inner: Any):
+        self.inner = inner
+        self.name = inner.name
+        self.tokenizer = inner.tokenizer
+        self.results: list[Any] = []
+
+    def generate(self, requests: list[Any]) -> list[Any]:
+        out = self.inner.generate(requests)
+        self.results.extend(out)
+        return out
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+__all__ = [
+    "ENTRY_SCRIPTS",
+    "REPO",
+    "RecordingEngine",
+    "compose_entry",
+    "compose_module",
+    "compose_raw",
+    "distinct_chars",
+    "entry_point",
+    "shared_data_dir",
+    "tiny_config",
+    "tiny_model_dir",
+]

@@ -11,6 +11,7 @@ from deep_math.agent.runner import AgentRunner
 from deep_math.engines.base import EngineError, SamplingParams
 from deep_math.engines.scripted import ScriptedEngine
 from deep_math.sandbox import Sandbox
+from deep_math.testing import RecordingEngine
 
 CALL = "<tool_call>\n{code}\n</tool_call>"
 
@@ -19,24 +20,6 @@ CALL = "<tool_call>\n{code}\n</tool_call>"
 def sandbox():
     with Sandbox(timeout=2.0, memory_mb=2048, max_output_chars=2000) as sb:
         yield sb
-
-
-class RecordingEngine:
-    """Wraps an engine and records every result it returned, to check ids exactly."""
-
-    def __init__(self, inner):
-        self.inner = inner
-        self.name = inner.name
-        self.tokenizer = inner.tokenizer
-        self.results = []
-
-    def generate(self, requests):
-        out = self.inner.generate(requests)
-        self.results.extend(out)
-        return out
-
-    def close(self):
-        self.inner.close()
 
 
 def run_one(tokenizer, sandbox, script, **cfg):

@@ -13,8 +13,7 @@ import requests
 import torch
 
 from deep_math.engines.base import SamplingParams
-from deep_math.testing import REPO
-from deep_math.training.tiny import tiny_model_dir
+from deep_math.testing import REPO, tiny_model_dir
 from deep_math.vllm_client import AgentVLLMClient, HandshakeError, ServerError
 
 MAX_STEPS, MAX_AGENT_OUTPUT = 2, 48

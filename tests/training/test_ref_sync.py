@@ -82,6 +82,6 @@ def test_reference_logprobs_carry_no_dropout_noise_in_train_mode(tiny_model):
 def tiny_model(tokenizer, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from deep_math.training.tiny import tiny_model_dir
+    from deep_math.testing import tiny_model_dir
 
     return AutoModelForCausalLM.from_pretrained(tiny_model_dir(tokenizer, tmp_path / "tiny"))

@@ -41,8 +41,8 @@ def test_schedule_changes_sampling_and_loss_temperature(tokenizer, tmp_path):
     """At two steps: the rollout samples at schedule(step) and the loss's logprobs are
     log_softmax(logits / schedule(step)), computed through TRL's own logprob path."""
     from deep_math.data import Problem
+    from deep_math.testing import tiny_config, tiny_model_dir
     from deep_math.training.builders import build_trainer, load_policy
-    from deep_math.training.tiny import tiny_config, tiny_model_dir
 
     model_dir = tiny_model_dir(tokenizer, tmp_path / "model")
     cfg = tiny_config(model_dir, tmp_path / "out", rewards={"code_use": 1.0})

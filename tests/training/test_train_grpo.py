@@ -11,9 +11,9 @@ import torch
 from deep_math.agent.config import AgentConfig
 from deep_math.data import Problem
 from deep_math.engines.scripted import ScriptedEngine
+from deep_math.testing import tiny_config, tiny_model_dir
 from deep_math.training.builders import build_trainer, load_policy
 from deep_math.training.sources import RunnerTraceSource
-from deep_math.training.tiny import tiny_config, tiny_model_dir
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 

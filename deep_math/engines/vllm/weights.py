@@ -1,17 +1,7 @@
 """Weight updates of the served vLLM model: the hooks the agent server forwards TRL's routes to.
 
-Each hook calls the `AsyncLLM` method that vLLM's own RLHF routes call (`vllm serve` with
-VLLM_SERVER_DEV_MODE=1, as TRL 1.16's `trl vllm-serve` starts it); each runs `collective_rpc` of the
-same name on every worker:
-- init_weight_transfer(init_info)   -> init_weight_transfer_engine (NCCL: joins the trainer's group;
-                                       blocks in the rendezvous until the trainer joins)
-- start_weight_update()             -> pause_generation(mode="wait") (requests in flight finish on
-                                       the old weights, new ones queue), then start_weight_update
-- update_weights_nccl(update_info)  -> update_weights (one NCCL broadcast; several per update)
-- update_weights(named_tensors)     -> collective_rpc("deep_math_load_safetensors") (the HTTP/CPU
-                                       path; see worker.py)
-- finish_weight_update()            -> finish_weight_update, reset_prefix_cache, resume_generation
-- abort_weight_update()             -> the same finish (vLLM has no abort), then resume
+Each hook calls the `AsyncLLM` method that vLLM's own RLHF routes call; the mapping is in
+docs/vllm_engine.md.
 
 A failed or aborted update leaves the served model part-loaded: vLLM's layerwise reload puts the
 layers it has not received yet on the meta device (NCCL) or leaves them uninitialised (HTTP). The
