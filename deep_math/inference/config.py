@@ -52,7 +52,7 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if self.sampling < 1:
             raise ValueError(f"model.sampling must be >= 1, got {self.sampling}")
-        if self.uses_embedded_adapter:
+        if self._shipped_adapter_applies():
             from deep_math.models import EMBEDDED_ADAPTER_TEMPLATE, ModelLoadError, embedded_adapter_dir
 
             try:
@@ -68,9 +68,9 @@ class ModelConfig:
                 f"'{self.engine}': add +model.use_vllm=true (or model.engine=vllm), or drop vllm_params"
             )
 
-    @property
-    def uses_embedded_adapter(self) -> bool:
-        """The agent on the embedded model with no adapter of the user's: the shipped one applies."""
+    def _shipped_adapter_applies(self) -> bool:
+        """Before `__post_init__` resolves lora_path: the agent on the embedded model with no
+        adapter of the user's, so the shipped one applies."""
         from deep_math.models import is_embedded
 
         local = self.engine != "server"  # a server runs the model (and adapters) it was started with

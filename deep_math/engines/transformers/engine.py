@@ -16,6 +16,7 @@ from deep_math.engines.transformers.attention import use_gqa_sdpa
 from deep_math.engines.transformers.batch import run_batch
 from deep_math.engines.transformers.prefix_cache import PrefixCache
 from deep_math.engines.transformers.sampling import LogprobsMode
+from deep_math.engines.weights import strip_prefixes
 from deep_math.models import load_model, load_tokenizer, resolve_device
 
 log = logging.getLogger(__name__)
@@ -134,9 +135,7 @@ class TransformersEngine:
         state = self.model.state_dict()
         resolved: list[tuple[torch.Tensor, torch.Tensor]] = []
         for name, tensor in named_tensors.items():
-            key = name
-            for prefix in ("module.", "base_model.model."):
-                key = key.removeprefix(prefix)
+            key = strip_prefixes(name)
             if key not in state:
                 raise KeyError(f"update_weights: unknown parameter '{name}' (e.g. {list(state)[:3]})")
             if tuple(state[key].shape) != tuple(tensor.shape):
