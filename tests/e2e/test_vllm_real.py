@@ -33,6 +33,7 @@ pytestmark = [
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB of KV cache per engine
 ENGINE_ARGS = {"dtype": "bfloat16", "enforce_eager": True, "max_model_len": 1024, "max_num_seqs": 32}
 GREEDY = SamplingParams(temperature=0.0, max_tokens=24)
+LORA_RANK = 8  # the engine's max_lora_rank; adapters served here are trained at this rank
 
 
 def build(model: str | None = None, **kwargs):
@@ -43,7 +44,7 @@ def build(model: str | None = None, **kwargs):
 
 @pytest.fixture(scope="module")
 def engine():
-    eng = build(enable_lora=True, max_lora_rank=8)
+    eng = build(enable_lora=True, max_lora_rank=LORA_RANK)
     yield eng
     eng.close()
 
@@ -118,6 +119,95 @@ def test_lora_adapter_changes_the_output_and_is_stable(engine, prompt, tmp_path)
     adapted = engine.generate([GenRequest(list(prompt), GREEDY, str(tmp_path / "adapter"))])[0]
     again = engine.generate([GenRequest(list(prompt), GREEDY, str(tmp_path / "adapter"))])[0]
     assert adapted.token_ids != plain.token_ids and adapted.token_ids == again.token_ids
+
+
+# The engine computes in bfloat16 (8 significant bits), transformers in float32: the logprob of a
+# chosen token differs by up to ~0.14 nats on the base model here (~0.06 with the trained adapter),
+# while that adapter moves the logprobs by up to ~12, and serving it with the wrong scale (alpha/r
+# instead of rsLoRA's alpha/sqrt(r)) misses PEFT by up to ~3. A flip of the greedy choice between
+# the two needs a top-2 margin under twice the tolerance.
+BF16_LOGPROB_TOL = 0.3
+
+
+def test_lora_adapter_trained_by_training_py_is_served_as_peft_applies_it(engine, prompt, tmp_path):
+    """`python training.py` (one GRPO step, LoRA rank = the engine's max_lora_rank, rsLoRA on all
+    linear layers as configured) writes an adapter that vLLM serves exactly as PEFT applies it.
+
+    The step must move the adapter: lora_B starts at zero, and with equal rewards in a group (zero
+    advantage) GRPO leaves it there, a no-op adapter proving nothing. The bare model's accuracy on
+    a few short traces is often all 0, so the run adds a brevity reward (training.py's dotted-name
+    reward, from a module in tmp_path) that differs between traces of different length in
+    characters; at learning rate 1e-2 Adam's first step moves every lora_B entry by ~1e-2, enough
+    to change the greedy continuation."""
+    import torch
+    from peft import PeftModel
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    from deep_math.models import resolve_model_path
+
+    (tmp_path / "rewards").mkdir()
+    (tmp_path / "rewards" / "probe_rewards.py").write_text(
+        "def brevity(completions, **kwargs):\n    return [-len(str(c)) / 100 for c in completions]\n"
+    )
+    out = tmp_path / "trained"
+    cmd = [sys.executable, "training.py", f"train.output_dir={out}", f"hydra.run.dir={tmp_path / 'hydra'}",
+           f"lora.r={LORA_RANK}", "train.learning_rate=1e-2", "train.max_steps=1", "data.limit=1",
+           "train.per_device_train_batch_size=4", "train.num_generations=4", "train.max_completion_length=16",
+           "agent.max_agent_output=16", "agent.max_steps=1", "prompt.template=mini", "rollout.seed=0",
+           "train.gradient_checkpointing=false", "++rewards={probe_rewards.brevity:1.0}"]  # fmt: skip
+    paths = [str(tmp_path / "rewards"), os.environ.get("PYTHONPATH")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p)}
+    # One thread: on 2 cores shared with the vLLM engine's process (or another job), OpenMP's
+    # spinning threads made a 2-thread step several times slower (47 s vs 7 s measured).
+    env.setdefault("OMP_NUM_THREADS", "1")
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    config = json.loads((out / "adapter_config.json").read_text())
+    assert config["r"] == LORA_RANK and config["use_rslora"]  # vLLM must scale by alpha/sqrt(r)
+    lora_b = {k: v for k, v in load_file(out / "adapter_model.safetensors").items() if ".lora_B." in k}
+    modules = {k.split(".lora_B.")[0].rsplit(".", 1)[1] for k in lora_b}
+    assert modules == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    zero = [k for k, v in lora_b.items() if not v.any()]
+    assert not zero, f"{len(zero)}/{len(lora_b)} lora_B all zero (zero advantage?):\n{proc.stdout[-2000:]}"
+
+    plain = greedy(engine, prompt)
+    (served,) = engine.generate([GenRequest(list(prompt), GREEDY, str(out))])
+    assert served.token_ids != plain.token_ids, served.text
+
+    model = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(resolve_model_path(None), dtype=torch.float32), str(out)
+    ).eval()
+
+    def logprobs(token_ids: list[int], adapter: bool) -> torch.Tensor:
+        """(len(token_ids), vocab) next-token logprobs of the continuation, teacher-forced."""
+        ids = torch.tensor([list(prompt) + list(token_ids)])
+        with torch.no_grad():
+            if adapter:
+                logits = model(ids).logits
+            else:
+                with model.disable_adapter():
+                    logits = model(ids).logits
+        return logits[0, len(prompt) - 1 : -1].log_softmax(-1)
+
+    def chosen(lp: torch.Tensor, token_ids: list[int]) -> torch.Tensor:
+        return lp[torch.arange(len(token_ids)), torch.tensor(token_ids)]
+
+    # The tolerance is the dtype noise: it holds for the base model served without an adapter.
+    base_on_plain = chosen(logprobs(plain.token_ids, adapter=False), plain.token_ids)
+    assert (base_on_plain - torch.tensor(plain.logprobs)).abs().max() < BF16_LOGPROB_TOL
+    # vLLM's adapted continuation, scored by PEFT: the same logprobs within the noise, and the same
+    # greedy choice wherever PEFT's top-2 margin is wider than the noise can flip.
+    adapted = logprobs(served.token_ids, adapter=True)
+    vllm_lp = torch.tensor(served.logprobs)
+    assert (chosen(adapted, served.token_ids) - vllm_lp).abs().max() < BF16_LOGPROB_TOL
+    top2 = adapted.topk(2, dim=-1)
+    clear = (top2.values[:, 0] - top2.values[:, 1]) > 2 * BF16_LOGPROB_TOL
+    assert clear.sum() >= len(served.token_ids) // 2
+    assert top2.indices[clear, 0].tolist() == torch.tensor(served.token_ids)[clear].tolist()
+    # ... and the base model scores the same tokens far outside the noise: the adapter is applied.
+    base = chosen(logprobs(served.token_ids, adapter=False), served.token_ids)
+    assert (base - vllm_lp).abs().max() > 5 * BF16_LOGPROB_TOL
 
 
 # --- weight updates ------------------------------------------------------------------------
