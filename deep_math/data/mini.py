@@ -12,13 +12,16 @@ sandbox (`deep_math/training/sft_data.py`).
 
 Splits, disjoint two ways:
 - by template: templates marked `held_out` appear only in `test` (new phrasings never seen in
-  training);
+  training); templates marked `rl` appear only in `rl` and `rl_dev`, the GRPO splits: phrasings
+  the SFT has not seen (on its own phrasings the SFT adapter is all correct, so GRPO groups there
+  have zero advantage), and that are not the test's held-out ones either;
 - by content: a problem's split is a function of its text (sha256 bucket: 0 -> test, 1 -> dev,
-  2-9 -> train), so no problem text is in two splits, whatever the seeds and sizes.
+  2-9 -> train; `rl` takes the train buckets, `rl_dev` the dev bucket), so no problem text is in
+  two splits, whatever the seeds and sizes.
 Within a split the draw is deterministic in (split, seed): `generate("train", 300, seed=0)`
 always returns the same 300 problems.
 
-Sources for `load_problems`: `mini:train`, `mini:dev`, `mini:test` (default sizes below),
+Sources for `load_problems`: `mini:train`, `mini:dev`, `mini:test`, `mini:rl`, `mini:rl_dev` (default sizes below),
 `mini:train:500` (size), `mini:train:500:7` (size and seed). The fixed test set is also shipped
 as `deep_math/data/mini_test.jsonl` (= `mini:test`, rewritten by `python -m deep_math.data.mini`).
 """
@@ -35,8 +38,9 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-SPLITS = ("train", "dev", "test")
-DEFAULT_SIZES = {"train": 400, "dev": 48, "test": 60}
+SPLITS = ("train", "dev", "test", "rl", "rl_dev")
+DEFAULT_SIZES = {"train": 400, "dev": 48, "test": 60, "rl": 400, "rl_dev": 48}
+BUCKET = {"train": "train", "dev": "dev", "test": "test", "rl": "train", "rl_dev": "dev"}  # split_of
 DEFAULT_SEED = 0
 TEST_FILE = Path(__file__).resolve().parent / "mini_test.jsonl"
 SOURCE_PREFIX = "mini:"
@@ -50,7 +54,8 @@ class Template:
 
     name: str
     text: str
-    held_out: bool = False
+    held_out: bool = False  # test only
+    rl: bool = False  # rl / rl_dev only
 
 
 @dataclass(frozen=True)
@@ -189,6 +194,7 @@ FAMILIES: tuple[Family, ...] = (
             Template("product.words", "Compute the product of {a} and {b}."),
             Template("product.shelves", "A warehouse has {a} shelves and each shelf holds {b} boxes. How many boxes are in the warehouse?"),
             Template("product.printer", "A printer prints {b} pages per hour. How many pages does it print in {a} hours?", held_out=True),
+            Template("product.crates", "Each of {a} crates contains {b} apples. How many apples are there altogether?", rl=True),
         ),
     ),
     Family(
@@ -198,6 +204,7 @@ FAMILIES: tuple[Family, ...] = (
             Template("sum.tex", "What is ${a} + {b} + {c}$?"),
             Template("sum.library", "A library had {a} books, bought {b} more in spring and {c} more in autumn. How many books does it have now?"),
             Template("sum.words", "Find the sum of {a}, {b} and {c}.", held_out=True),
+            Template("sum.add", "Add {a}, {b} and {c}.", rl=True),
         ),
     ),
     Family(
@@ -207,6 +214,7 @@ FAMILIES: tuple[Family, ...] = (
             Template("left.tex", "What is ${a} - {b} - {c}$?"),
             Template("left.money", "Tom had {a} dollars. He spent {b} dollars on a bike and {c} dollars on books. How many dollars does he have left?"),
             Template("left.tank", "A tank holds {a} liters of water. On Monday {b} liters are used and on Tuesday {c} liters. How many liters remain?", held_out=True),
+            Template("left.take", "From {a}, take away {b} and then {c}. What remains?", rl=True),
         ),
     ),
     Family(
@@ -216,6 +224,7 @@ FAMILIES: tuple[Family, ...] = (
             Template("powmod.words", "What is the remainder when ${a}^{{{e}}}$ is divided by {m}?"),
             Template("powmod.tex", "Compute ${a}^{{{e}}} \\bmod {m}$."),
             Template("powmod.find", "Find the remainder of ${a}^{{{e}}}$ modulo {m}.", held_out=True),
+            Template("powmod.determine", "Determine ${a}^{{{e}}}$ mod {m}.", rl=True),
         ),
     ),
     Family(
@@ -225,6 +234,7 @@ FAMILIES: tuple[Family, ...] = (
             Template("mod.words", "What is the remainder when {a} is divided by {m}?"),
             Template("mod.tex", "Compute ${a} \\bmod {m}$."),
             Template("mod.candies", "{a} candies are shared equally among {m} children, each child getting as many as possible. How many candies are left over?", held_out=True),
+            Template("mod.divided", "Find the remainder of {a} divided by {m}.", rl=True),
         ),
     ),
     Family(
@@ -234,6 +244,7 @@ FAMILIES: tuple[Family, ...] = (
             Template("gcd.words", "What is the greatest common divisor of {a} and {b}?"),
             Template("gcd.tex", "Find $\\gcd({a}, {b})$."),
             Template("gcd.ribbons", "Two ribbons are {a} cm and {b} cm long. They are cut into equal pieces as long as possible with nothing left over. How long is each piece in cm?", held_out=True),
+            Template("gcd.largest", "Determine the largest integer that divides both {a} and {b}.", rl=True),
         ),
     ),
     Family(
@@ -243,6 +254,7 @@ FAMILIES: tuple[Family, ...] = (
             Template("lcm.words", "What is the least common multiple of {a} and {b}?"),
             Template("lcm.tex", "Find $\\operatorname{{lcm}}({a}, {b})$."),
             Template("lcm.lights", "One light blinks every {a} seconds and another every {b} seconds. They blink together now. After how many seconds do they next blink together?", held_out=True),
+            Template("lcm.smallest", "Determine the smallest positive integer divisible by both {a} and {b}.", rl=True),
         ),
     ),
     Family(
@@ -252,6 +264,7 @@ FAMILIES: tuple[Family, ...] = (
             Template("binom.tex", "What is $\\binom{{{n}}}{{{k}}}$?"),
             Template("binom.students", "In how many ways can {k} students be chosen from a class of {n}?"),
             Template("binom.committee", "How many different committees of {k} people can be formed from {n} people?", held_out=True),
+            Template("binom.subsets", "How many {k}-element subsets does a set of {n} elements have?", rl=True),
         ),
     ),
     Family(
@@ -261,6 +274,7 @@ FAMILIES: tuple[Family, ...] = (
             Template("range_sum.words", "What is the sum of all integers from {a} to {b}?"),
             Template("range_sum.tex", "Compute $\\sum_{{i={a}}}^{{{b}}} i$."),
             Template("range_sum.seats", "A theater has rows numbered {a} to {b}, and row number r has r seats. How many seats are there in total?", held_out=True),
+            Template("range_sum.through", "Add all the whole numbers from {a} through {b}.", rl=True),
         ),
     ),
     Family(
@@ -269,6 +283,7 @@ FAMILIES: tuple[Family, ...] = (
         (
             Template("square_sum.tex", "What is $1^2 + 2^2 + \\dots + {n}^2$?"),
             Template("square_sum.words", "Find the sum of the squares of the integers from 1 to {n}.", held_out=True),
+            Template("square_sum.sigma", "Compute the sum $\\sum_{{i=1}}^{{{n}}} i^2$.", rl=True),
         ),
     ),
     Family(
@@ -278,6 +293,7 @@ FAMILIES: tuple[Family, ...] = (
         (
             Template("fraction.tex", "Compute $\\frac{{{a}}}{{{b}}} {op_tex} \\frac{{{c}}}{{{d}}}$ as a fraction in lowest terms."),
             Template("fraction.what", "What is $\\frac{{{a}}}{{{b}}} {op_tex} \\frac{{{c}}}{{{d}}}$? Give the answer in lowest terms.", held_out=True),
+            Template("fraction.evaluate", "Evaluate $\\frac{{{a}}}{{{b}}} {op_tex} \\frac{{{c}}}{{{d}}}$ and simplify.", rl=True),
         ),
     ),
     Family(
@@ -287,6 +303,7 @@ FAMILIES: tuple[Family, ...] = (
         (
             Template("linear.solve", "Solve for $x$: ${a}x{b_term} = {c}x{d_term}$."),
             Template("linear.find", "Find $x$ if ${a}x{b_term} = {c}x{d_term}$.", held_out=True),
+            Template("linear.value", "What value of $x$ satisfies ${a}x{b_term} = {c}x{d_term}$?", rl=True),
         ),
     ),
 )  # fmt: skip
@@ -304,9 +321,11 @@ def split_of(problem_text: str) -> str:
 
 
 def templates_for(split: str) -> list[tuple[Family, Template]]:
-    """(family, template) pairs a split draws from: test uses every template, train/dev only
-    the ones not held out."""
-    return [(f, t) for f in FAMILIES for t in f.templates if split == "test" or not t.held_out]
+    """(family, template) pairs a split draws from: rl/rl_dev only the `rl` ones; test every
+    other template; train/dev the ones neither held out nor `rl`."""
+    if split in ("rl", "rl_dev"):
+        return [(f, t) for f in FAMILIES for t in f.templates if t.rl]
+    return [(f, t) for f in FAMILIES for t in f.templates if not t.rl and (split == "test" or not t.held_out)]
 
 
 def _one(family: Family, template: Template, r: random.Random) -> MiniProblem:
@@ -346,7 +365,7 @@ def generate(split: str, n: int, seed: int = DEFAULT_SEED) -> list[MiniProblem]:
         if attempts > 200 * (n + 10):
             raise RuntimeError(f"could not draw {n} distinct {split} problems")
         # held-out templates are test-only already; the hash keeps shared templates disjoint
-        if (template.held_out or split_of(p.problem) == split) and p.problem not in seen:
+        if (template.held_out or split_of(p.problem) == BUCKET[split]) and p.problem not in seen:
             seen.add(p.problem)
             p.id = f"mini-{split}-{seed}-{len(out):04d}"
             out.append(p)

@@ -63,6 +63,22 @@ def test_splits_disjoint_by_text_and_template():
     assert not {p.problem for p in mini.generate("train", 300, seed=11)} & texts["test"]
 
 
+def test_rl_splits_use_only_their_own_phrasings():
+    """GRPO's phrasings: unseen by the SFT (train/dev) and not the test's held-out ones."""
+    splits = {s: mini.generate(s, n) for s, n in mini.DEFAULT_SIZES.items()}
+    rl_templates = {t.name for f in mini.FAMILIES for t in f.templates if t.rl}
+    assert {mini.FAMILY_BY_NAME[name.split(".")[0]].name for name in rl_templates} == set(EXPECTED)
+    for split, problems in splits.items():
+        used = {p.template for p in problems}
+        assert (used <= rl_templates) if split in ("rl", "rl_dev") else not used & rl_templates, split
+    assert rl_templates == {p.template for p in splits["rl"]}
+    texts = {s: {p.problem for p in ps} for s, ps in splits.items()}
+    assert not texts["rl"] & texts["rl_dev"]
+    # adding the rl phrasings left the shipped test file as it was
+    shipped = [json.loads(line) for line in mini.TEST_FILE.read_text().splitlines()]
+    assert shipped == [p.row() for p in splits["test"]]
+
+
 def test_answers_recomputed_independently():
     for split, n in mini.DEFAULT_SIZES.items():
         for p in mini.generate(split, n):
