@@ -90,8 +90,9 @@ if [[ $section == mini ]]; then
   # 1. Cold-start SFT: the agent loop writes tool traces with the real sandbox output; LoRA on the
   #    model's tokens only (the output block masked as in GRPO). -> $out/sft
   python -m deep_math.training.sft train.output_dir=$out/sft
-  # 2. GRPO from the SFT adapter: the paper's rewards, then the gated code reward (code use pays only
-  #    with a correct answer). Dev accuracy before/after in each folder's dev_accuracy.json.
+  # 2. GRPO from the SFT adapter on mini:rl (phrasings the SFT never saw): the paper's rewards, then
+  #    the gated code reward (code use pays only with a correct answer). Dev accuracy (mini:rl_dev)
+  #    before/after in each folder's dev_accuracy.json.
   python -m deep_math.training.mini_grpo init_adapter=$out/sft train.output_dir=$out/grpo
   python -m deep_math.training.mini_grpo init_adapter=$out/sft train.output_dir=$out/grpo-gated \
     '~rewards' '+rewards={accuracy:0.1,code_use_gated:1.0}'

@@ -35,7 +35,7 @@ class MiniGRPOConfig(TrainingConfig):
     training (null = skip)."""
 
     init_adapter: str | None = "outputs/mini/sft"
-    dev_eval: str | None = "mini:dev:24"
+    dev_eval: str | None = "mini:rl_dev:24"
 
 
 def load_mini_grpo_config(cfg: Any) -> MiniGRPOConfig:
