@@ -17,11 +17,14 @@ Splits, disjoint two ways:
   have zero advantage), and that are not the test's held-out ones either;
 - by content: a problem's split is a function of its text (sha256 bucket: 0 -> test, 1 -> dev,
   2-9 -> train; `rl` takes the train buckets, `rl_dev` the dev bucket), so no problem text is in
-  two splits, whatever the seeds and sizes.
+  two splits, whatever the seeds and sizes. `rl_mix` is GRPO's default: half `rl` problems, half
+  `train` problems (seed + 1), shuffled; the `train` half keeps the SFT's phrasings in the
+  batches, which stopped GRPO from forgetting them (see the README).
 Within a split the draw is deterministic in (split, seed): `generate("train", 300, seed=0)`
 always returns the same 300 problems.
 
-Sources for `load_problems`: `mini:train`, `mini:dev`, `mini:test`, `mini:rl`, `mini:rl_dev` (default sizes below),
+Sources for `load_problems`: `mini:train`, `mini:dev`, `mini:test`, `mini:rl`, `mini:rl_dev`,
+`mini:rl_mix` (default sizes below),
 `mini:train:500` (size), `mini:train:500:7` (size and seed). The fixed test set is also shipped
 as `deep_math/data/mini_test.jsonl` (= `mini:test`, rewritten by `python -m deep_math.data.mini`).
 """
@@ -38,8 +41,8 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-SPLITS = ("train", "dev", "test", "rl", "rl_dev")
-DEFAULT_SIZES = {"train": 400, "dev": 48, "test": 60, "rl": 400, "rl_dev": 48}
+SPLITS = ("train", "dev", "test", "rl", "rl_dev", "rl_mix")
+DEFAULT_SIZES = {"train": 400, "dev": 48, "test": 60, "rl": 400, "rl_dev": 48, "rl_mix": 400}
 BUCKET = {"train": "train", "dev": "dev", "test": "test", "rl": "train", "rl_dev": "dev"}  # split_of
 DEFAULT_SEED = 0
 TEST_FILE = Path(__file__).resolve().parent / "mini_test.jsonl"
@@ -352,6 +355,10 @@ def generate(split: str, n: int, seed: int = DEFAULT_SEED) -> list[MiniProblem]:
         raise ValueError(f"Unknown mini split '{split}'; available: {list(SPLITS)}")
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
+    if split == "rl_mix":  # problems keep their own split's ids
+        mixed = generate("rl", n - n // 2, seed) + generate("train", n // 2, seed + 1)
+        random.Random(seed).shuffle(mixed)
+        return mixed
     r = random.Random(f"mini-{split}-{seed}")
     pool = templates_for(split)
     r.shuffle(pool)

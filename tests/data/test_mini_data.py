@@ -70,10 +70,18 @@ def test_rl_splits_use_only_their_own_phrasings():
     assert {mini.FAMILY_BY_NAME[name.split(".")[0]].name for name in rl_templates} == set(EXPECTED)
     for split, problems in splits.items():
         used = {p.template for p in problems}
+        if split == "rl_mix":
+            continue
         assert (used <= rl_templates) if split in ("rl", "rl_dev") else not used & rl_templates, split
     assert rl_templates == {p.template for p in splits["rl"]}
     texts = {s: {p.problem for p in ps} for s, ps in splits.items()}
     assert not texts["rl"] & texts["rl_dev"]
+    # rl_mix: half rl, half train (another seed), none of it in rl_dev or test
+    mix = splits["rl_mix"]
+    assert len({p.problem for p in mix}) == len(mix) == mini.DEFAULT_SIZES["rl_mix"]
+    assert sum(p.template in rl_templates for p in mix) == len(mix) // 2
+    assert not {p.problem for p in mix} & (texts["rl_dev"] | texts["test"] | texts["dev"])
+    assert [p.row() for p in mix] == [p.row() for p in mini.generate("rl_mix", len(mix))]
     # adding the rl phrasings left the shipped test file as it was
     shipped = [json.loads(line) for line in mini.TEST_FILE.read_text().splitlines()]
     assert shipped == [p.row() for p in splits["test"]]
