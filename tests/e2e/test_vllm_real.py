@@ -135,10 +135,10 @@ def test_lora_adapter_trained_by_training_py_is_served_as_peft_applies_it(engine
 
     The step must move the adapter: lora_B starts at zero, and with equal rewards in a group (zero
     advantage) GRPO leaves it there, a no-op adapter proving nothing. The bare model's accuracy on
-    a few short traces is often all 0, so the run adds a brevity reward (training.py's dotted-name
-    reward, from a module in tmp_path) that differs between traces of different length in
-    characters; at learning rate 1e-2 Adam's first step moves every lora_B entry by ~1e-2, enough
-    to change the greedy continuation."""
+    a few short traces is often all 0, so the run adds the smoke reward
+    `deep_math.testing.distinct_chars` (training.py's dotted-name reward), which differs between
+    traces; at learning rate 1e-2 Adam's first step moves every lora_B entry by ~1e-2, enough to
+    change the greedy continuation."""
     import torch
     from peft import PeftModel
     from safetensors.torch import load_file
@@ -146,18 +146,13 @@ def test_lora_adapter_trained_by_training_py_is_served_as_peft_applies_it(engine
 
     from deep_math.models import resolve_model_path
 
-    (tmp_path / "rewards").mkdir()
-    (tmp_path / "rewards" / "probe_rewards.py").write_text(
-        "def brevity(completions, **kwargs):\n    return [-len(str(c)) / 100 for c in completions]\n"
-    )
     out = tmp_path / "trained"
     cmd = [sys.executable, "training.py", f"train.output_dir={out}", f"hydra.run.dir={tmp_path / 'hydra'}",
            f"lora.r={LORA_RANK}", "train.learning_rate=1e-2", "train.max_steps=1", "data.limit=1",
            "train.per_device_train_batch_size=4", "train.num_generations=4", "train.max_completion_length=16",
            "agent.max_agent_output=16", "agent.max_steps=1", "prompt.template=mini", "rollout.seed=0",
-           "train.gradient_checkpointing=false", "++rewards={probe_rewards.brevity:1.0}"]  # fmt: skip
-    paths = [str(tmp_path / "rewards"), os.environ.get("PYTHONPATH")]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p)}
+           "train.gradient_checkpointing=false", "++rewards={deep_math.testing.distinct_chars:1.0}"]  # fmt: skip
+    env = dict(os.environ)
     # One thread: on 2 cores shared with the vLLM engine's process (or another job), OpenMP's
     # spinning threads made a 2-thread step several times slower (47 s vs 7 s measured).
     env.setdefault("OMP_NUM_THREADS", "1")
