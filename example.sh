@@ -86,34 +86,41 @@ fi
 
 if [[ $section == mini ]]; then
   # Mini-DeepMath (deep_math/data/mini.py): problems where the embedded 135M model needs the tool.
+  # Every step's wall time goes to $out/timings.md (the README's table quotes it).
   out=outputs/mini
+  mkdir -p $out
+  printf '| step | seconds |\n|---|---|\n' > $out/timings.md
+  timed() { local name=$1 t0=$SECONDS; shift; "$@"; echo "| $name | $((SECONDS - t0)) |" >> $out/timings.md; }
   # 1. Cold-start SFT: the agent loop writes tool traces with the real sandbox output; LoRA on the
   #    model's tokens only (the output block masked as in GRPO). -> $out/sft
-  python -m deep_math.training.sft train.output_dir=$out/sft
-  # 2. GRPO from the SFT adapter on mini:rl (phrasings the SFT never saw): the paper's rewards, then
-  #    the gated code reward (code use pays only with a correct answer). Dev accuracy (mini:rl_dev)
-  #    before/after in each folder's dev_accuracy.json.
-  python -m deep_math.training.mini_grpo init_adapter=$out/sft train.output_dir=$out/grpo
-  python -m deep_math.training.mini_grpo init_adapter=$out/sft train.output_dir=$out/grpo-gated \
+  timed sft python -m deep_math.training.sft train.output_dir=$out/sft
+  # 2. GRPO from the SFT adapter on mini:rl_mix (half in phrasings the SFT never saw): the paper's
+  #    rewards, then the gated code reward (code use pays only with a correct answer). Dev accuracy
+  #    (mini:rl_dev) before/after in each folder's dev_accuracy.json, curves in training_curves.png.
+  timed grpo python -m deep_math.training.mini_grpo init_adapter=$out/sft train.output_dir=$out/grpo
+  timed grpo-gated python -m deep_math.training.mini_grpo init_adapter=$out/sft train.output_dir=$out/grpo-gated \
     '~rewards' '+rewards={accuracy:0.1,code_use_gated:1.0}'
-  # 3. Four arms on the held-out test split (new phrasings included) and on GSM8K test rows.
-  # embedded_adapter=false: the untrained arm runs the bare model (by default the agent on the embedded
-  # model loads the shipped adapter, which is this recipe's SFT output); the other arms name theirs.
+  # 3. Four arms (five with both GRPO rewards) on the held-out test split (new phrasings included)
+  #    and on GSM8K test rows. embedded_adapter=false: the untrained arm runs the bare model (by
+  #    default the agent on the embedded model loads the shipped adapter, this recipe's SFT output);
+  #    the other arms name theirs.
   agent="+model.math_agent=true model.embedded_adapter=false +model.template=mini +model.examples=null +model.max_steps=2 +model.max_agent_output=128"
   base="+model.math_agent=false +model.max_agent_output=192"
   sets=(test:deep_math/data/mini_test.jsonl:60)
   gsm8k=${GSM8K:-../shared/data/gsm8k_test.jsonl}
-  [[ -f $gsm8k ]] && sets+=(gsm8k:$gsm8k:${GSM8K_ROWS:-30})
+  [[ -f $gsm8k ]] && sets+=(gsm8k:$gsm8k:${GSM8K_ROWS:-20})
   for set in "${sets[@]}"; do
     IFS=: read -r name file rows <<< "$set"
     common="hf_tag=$file limit=$rows model.sampling=4 model.generation.max_new_tokens=192 overwrite=true"
-    python inference.py $common $base generated_file=$out/$name-baseline.jsonl
-    python inference.py $common $agent generated_file=$out/$name-agent.jsonl
-    python inference.py $common $agent model.lora_path=$out/sft generated_file=$out/$name-agent-sft.jsonl
-    python inference.py $common $agent model.lora_path=$out/grpo generated_file=$out/$name-agent-sft-grpo.jsonl
-    python inference.py $common $agent model.lora_path=$out/grpo-gated generated_file=$out/$name-agent-sft-grpo-gated.jsonl
+    timed $name-baseline python inference.py $common $base generated_file=$out/$name-baseline.jsonl
+    timed $name-agent python inference.py $common $agent generated_file=$out/$name-agent.jsonl
+    timed $name-agent-sft python inference.py $common $agent model.lora_path=$out/sft generated_file=$out/$name-agent-sft.jsonl
+    timed $name-agent-sft-grpo python inference.py $common $agent model.lora_path=$out/grpo generated_file=$out/$name-agent-sft-grpo.jsonl
+    timed $name-agent-sft-grpo-gated python inference.py $common $agent model.lora_path=$out/grpo-gated generated_file=$out/$name-agent-sft-grpo-gated.jsonl
     # Table 1 in miniature: maj@4, pass@1, mean model tokens, tool calls per trace; table + plot.
     python evaluation.py generated_file=$out/$name-baseline.jsonl,$out/$name-agent.jsonl,$out/$name-agent-sft.jsonl,$out/$name-agent-sft-grpo.jsonl,$out/$name-agent-sft-grpo-gated.jsonl \
       comparison_file=$out/$name-comparison.md
   done
+  echo "| total | $SECONDS |" >> $out/timings.md
+  cat $out/timings.md
 fi

@@ -115,14 +115,15 @@ def build_lora_config(cfg: SFTRunConfig, num_layers: int) -> Any:
 def build_sft_args(cfg: SFTRunConfig) -> Any:
     from trl import SFTConfig
 
-    from deep_math.training.builders import cuda_available
+    from deep_math.training.builders import cpu_has_native_bf16, cuda_available
 
     t = cfg.train
     on_cuda = cuda_available() and not t.use_cpu
+    # bf16 null: on CUDA, and on CPUs with bf16 hardware (autocast; the LoRA weights stay fp32)
     kwargs = {k: v for k, v in asdict(t).items() if k not in ("use_cpu", "bf16", "extra", "report_to")}
     kwargs.update(
         use_cpu=not on_cuda if t.use_cpu is None else t.use_cpu,
-        bf16=on_cuda if t.bf16 is None else t.bf16,
+        bf16=(on_cuda or cpu_has_native_bf16()) if t.bf16 is None else t.bf16,
         report_to=[] if t.report_to == "none" else [t.report_to],
         save_strategy="no",  # minutes-long run: the final adapter is saved at the end
         remove_unused_columns=False,
