@@ -86,7 +86,7 @@ fi
 
 if [[ $section == mini ]]; then
   # Mini-DeepMath (deep_math/data/mini.py): problems where the embedded 135M model needs the tool.
-  # Every step's wall time goes to $out/timings.md (the README's table quotes it).
+  # Every step's wall time goes to $out/timings.md.
   out=outputs/mini
   mkdir -p $out
   printf '| step | seconds |\n|---|---|\n' > $out/timings.md
@@ -102,7 +102,7 @@ if [[ $section == mini ]]; then
     '~rewards' '+rewards={accuracy:0.1,code_use_gated:1.0}'
   # 3. Four arms (five with both GRPO rewards) on the held-out test split (new phrasings included)
   #    and on GSM8K test rows. embedded_adapter=false: the untrained arm runs the bare model (by
-  #    default the agent on the embedded model loads the shipped adapter, this recipe's SFT output);
+  #    default the agent on the embedded model loads the shipped adapter, made by step 1 at 3 epochs);
   #    the other arms name theirs.
   agent="+model.math_agent=true model.embedded_adapter=false +model.template=mini +model.examples=null +model.max_steps=2 +model.max_agent_output=128"
   base="+model.math_agent=false +model.max_agent_output=192"

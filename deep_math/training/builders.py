@@ -30,7 +30,7 @@ def cuda_available() -> bool:
 
 def cpu_has_native_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
     """True where the CPU multiplies bfloat16 in hardware (x86 `avx512_bf16` or `amx_bf16`):
-    there bf16 autocast makes a CPU training step about 1.6x faster (bench/sft_bf16.py); elsewhere
+    there bf16 autocast makes a CPU SFT step about 2x faster (bench/sft_bf16.py printed 2.03x); elsewhere
     it is emulated and slower, so the answer is False (also off Linux, where we cannot tell)."""
     try:
         with open(cpuinfo, encoding="utf-8") as f:
