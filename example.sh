@@ -96,10 +96,11 @@ if [[ $section == mini ]]; then
   timed sft python -m deep_math.training.sft train.output_dir=$out/sft
   # 2. GRPO from the SFT adapter on mini:rl_mix (half in phrasings the SFT never saw): the paper's
   #    rewards, then the gated code reward (code use pays only with a correct answer). Dev accuracy
-  #    (mini:rl_dev) before/after in each folder's dev_accuracy.json, curves in training_curves.png.
+  #    (mini:rl_dev) before/after in each folder's dev_accuracy.json (the start adapter scored once: the
+  #    gated run reuses the first run's "before"), curves in training_curves.png.
   timed grpo python -m deep_math.training.mini_grpo init_adapter=$out/sft train.output_dir=$out/grpo
   timed grpo-gated python -m deep_math.training.mini_grpo init_adapter=$out/sft train.output_dir=$out/grpo-gated \
-    '~rewards' '+rewards={accuracy:0.1,code_use_gated:1.0}'
+    dev_before=$out/grpo/dev_accuracy.json '~rewards' '+rewards={accuracy:0.1,code_use_gated:1.0}'
   # 3. Four arms (five with both GRPO rewards) on the held-out test split (new phrasings included)
   #    and on GSM8K test rows. embedded_adapter=false: the untrained arm runs the bare model (by
   #    default the agent on the embedded model loads the shipped adapter, made by step 1 at 3 epochs);
@@ -108,7 +109,7 @@ if [[ $section == mini ]]; then
   base="+model.math_agent=false +model.max_agent_output=192"
   sets=(test:deep_math/data/mini_test.jsonl:60)
   gsm8k=${GSM8K:-../shared/data/gsm8k_test.jsonl}
-  [[ -f $gsm8k ]] && sets+=(gsm8k:$gsm8k:${GSM8K_ROWS:-12})
+  [[ -f $gsm8k ]] && sets+=(gsm8k:$gsm8k:${GSM8K_ROWS:-10})
   for set in "${sets[@]}"; do
     IFS=: read -r name file rows <<< "$set"
     common="hf_tag=$file limit=$rows model.sampling=4 model.generation.max_new_tokens=192 +model.max_batch_size=64 overwrite=true"

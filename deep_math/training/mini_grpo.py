@@ -9,12 +9,16 @@ policy, env_mask, the paper's rewards, the temperature schedule), with two diffe
 - the policy is the SFT adapter (`init_adapter`), trained further, instead of a fresh LoRA;
 - the mean accuracy reward on a fixed dev set (`dev_eval`, greedy, one sample per problem) is
   measured before and after training and written to `<output_dir>/dev_accuracy.json`, so the run
-  says whether GRPO helped.
+  says whether GRPO helped. `dev_before` names another run's dev_accuracy.json whose "before"
+  score is reused when it was measured on the same adapter (by content hash), dev set, prompt and
+  agent limits (greedy, so it would be the same number): `example.sh mini` starts both GRPO runs
+  from one SFT adapter and scores it once.
 The schedule in configs/mini_grpo.yaml is scaled to the run (`temp_b_step: ${train.max_steps}`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -32,10 +36,12 @@ log = logging.getLogger(__name__)
 class MiniGRPOConfig(TrainingConfig):
     """TrainingConfig + init_adapter: the peft adapter to continue (the SFT output; null = a
     fresh LoRA from `lora`) + dev_eval: a `load_problems` source scored before and after
-    training (null = skip)."""
+    training (null = skip) + dev_before: a dev_accuracy.json whose "before" score to reuse (null =
+    measure it)."""
 
     init_adapter: str | None = "outputs/mini/sft"
     dev_eval: str | None = "mini:rl_dev:24"
+    dev_before: str | None = None
 
 
 def load_mini_grpo_config(cfg: Any) -> MiniGRPOConfig:
@@ -79,6 +85,45 @@ def dev_accuracy(model: Any, tokenizer: Any, problems: list, cfg: TrainingConfig
     }
 
 
+def dev_settings(cfg: MiniGRPOConfig) -> dict[str, Any]:
+    """What a "before" dev score depends on: the start adapter's weights, the dev set, the prompt
+    and the agent's limits (the traces are greedy)."""
+    adapter = None
+    if cfg.init_adapter is not None:
+        weights = Path(cfg.init_adapter) / "adapter_model.safetensors"
+        adapter = hashlib.sha256(weights.read_bytes()).hexdigest() if weights.is_file() else None
+    return {
+        "adapter_sha256": adapter,
+        "dev_eval": cfg.dev_eval,
+        "model": cfg.model.model_name_or_path,
+        "template": cfg.prompt.template,
+        "examples": cfg.prompt.examples,
+        "max_steps": cfg.agent.max_steps,
+        "max_agent_output": cfg.agent.max_agent_output,
+    }
+
+
+def reused_before(cfg: MiniGRPOConfig) -> dict[str, Any] | None:
+    """The "before" score of `cfg.dev_before` (None when unset); ConfigError when that file is
+    missing or was measured under other settings (each differing one named)."""
+    if cfg.dev_before is None:
+        return None
+    path = Path(cfg.dev_before)
+    if not path.is_file():
+        raise ConfigError(
+            f"dev_before '{path}' does not exist; run without dev_before (measure it) or name a dev_accuracy.json"
+        )
+    scores = json.loads(path.read_text())
+    theirs, ours = scores.get("settings") or {}, dev_settings(cfg)
+    differ = sorted(k for k in ours if theirs.get(k) != ours[k])
+    if differ or "before" not in scores:
+        raise ConfigError(
+            f"dev_before '{path}' was not measured under this run's settings (differ: {differ or ['no before score']}); "
+            "drop dev_before=... to measure the start policy"
+        )
+    return scores["before"]
+
+
 def load_start_policy(cfg: MiniGRPOConfig) -> tuple[Any, Any, MiniGRPOConfig]:
     """(model, tokenizer, cfg): the base model with the init adapter made trainable; cfg then has
     lora disabled (the trainer must not wrap a second adapter around it)."""
@@ -108,13 +153,18 @@ def run_mini_grpo(cfg: MiniGRPOConfig) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     train, _ = load_train_problems(cfg)
     dev = load_problems(cfg.dev_eval) if cfg.dev_eval else []
+    before = reused_before(cfg) if dev else None  # checked before the model loads
     model, tokenizer, cfg = load_start_policy(cfg)
     scores: dict[str, Any] = {
         "dev_eval": cfg.dev_eval,
         "init_adapter": cfg.init_adapter,
         "rewards": cfg.rewards,
+        "settings": dev_settings(cfg),
     }
-    if dev:
+    if before is not None:
+        scores["before"], scores["before_from"] = before, cfg.dev_before
+        log.info("Dev before GRPO (from %s): %s", cfg.dev_before, before)
+    elif dev:
         scores["before"] = dev_accuracy(model, tokenizer, dev, cfg)
         log.info("Dev before GRPO: %s", scores["before"])
     trainer = build_trainer(cfg, train, model=model, tokenizer=tokenizer)

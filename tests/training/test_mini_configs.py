@@ -48,3 +48,26 @@ def test_every_command_of_example_sh_mini_is_valid(tmp_path):
             found = entry_point(argv)
             assert found is not None, argv
             compose_entry(*found)
+
+
+def test_dev_before_is_reused_only_under_the_same_settings(tmp_path):
+    from deep_math.models import EMBEDDED_ADAPTER_DIR
+    from deep_math.training.mini_grpo import dev_settings, reused_before
+
+    path = tmp_path / "dev_accuracy.json"
+    cfg = compose_module("mini_grpo", [f"init_adapter={EMBEDDED_ADAPTER_DIR}", f"dev_before={path}"])
+    with pytest.raises(ConfigError, match="does not exist"):
+        reused_before(cfg)
+    before = {"accuracy": 0.5, "n": 24}
+    settings = dev_settings(cfg)
+    assert len(settings["adapter_sha256"]) == 64
+    path.write_text(json.dumps({"settings": settings, "before": before}))
+    assert reused_before(cfg) == before
+    path.write_text(json.dumps({"settings": {**settings, "dev_eval": "mini:rl_dev:12"}, "before": before}))
+    with pytest.raises(ConfigError, match=r"differ: \['dev_eval'\]"):
+        reused_before(cfg)
+    other = compose_module("mini_grpo", [f"init_adapter={tmp_path}", f"dev_before={path}"])
+    path.write_text(json.dumps({"settings": settings, "before": before}))
+    with pytest.raises(ConfigError, match="adapter_sha256"):
+        reused_before(other)
+    assert reused_before(compose_module("mini_grpo", ["dev_before=null"])) is None
