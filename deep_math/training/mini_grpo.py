@@ -8,8 +8,10 @@ The same trainer as `training.py` (`builders.build_trainer`: agentic rollouts wi
 policy, env_mask, the paper's rewards, the temperature schedule), with two differences:
 - the policy is the SFT adapter (`init_adapter`), trained further, instead of a fresh LoRA;
 - the mean accuracy reward on a fixed dev set (`dev_eval`, greedy, one sample per problem) is
-  measured before and after training and written to `<output_dir>/dev_accuracy.json`, so the run
-  says whether GRPO helped. `dev_before` names another run's dev_accuracy.json whose "before"
+  measured before training, every `dev_every` optimizer steps and after the last one, and written
+  to `<output_dir>/dev_accuracy.json` ("before", "curve", "after") and into the training log, so
+  training_curves.png shows it beside the rollout metrics: the per-step rollout accuracy is over a
+  few new problems each step (noise), the dev curve is over the same problems each time. `dev_before` names another run's dev_accuracy.json whose "before"
   score is reused when it was measured on the same adapter (by content hash), dev set, prompt and
   agent limits (greedy, so it would be the same number): `example.sh mini` starts both GRPO runs
   from one SFT adapter and scores it once.
@@ -42,6 +44,14 @@ class MiniGRPOConfig(TrainingConfig):
     init_adapter: str | None = "outputs/mini/sft"
     dev_eval: str | None = "mini:rl_dev:24"
     dev_before: str | None = None
+    dev_every: int | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.dev_every is not None and self.dev_every < 1:
+            raise ValueError(
+                f"dev_every must be a positive number of optimizer steps or null (got {self.dev_every})"
+            )
 
 
 def load_mini_grpo_config(cfg: Any) -> MiniGRPOConfig:
@@ -124,6 +134,35 @@ def reused_before(cfg: MiniGRPOConfig) -> dict[str, Any] | None:
     return scores["before"]
 
 
+def dev_log_entry(step: int, score: dict[str, float]) -> dict[str, float]:
+    """A log-history entry for a dev score (`deep_math.training.report` plots the dev/ keys)."""
+    return {"step": step, **{f"dev/{k}": float(v) for k, v in score.items() if k != "n"}}
+
+
+def dev_curve_callback(
+    dev: list, tokenizer: Any, cfg: MiniGRPOConfig, before: dict | None, points: list
+) -> Any:
+    """A TrainerCallback scoring the policy on `dev` after every `cfg.dev_every`-th optimizer step
+    and after the last one; each score goes to `points` and to the trainer's log history (which
+    checkpoints keep, so a resumed run's curve is whole). `before` is logged as step 0."""
+    from transformers import TrainerCallback
+
+    class DevCurve(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            if before is not None and state.global_step == 0:
+                state.log_history.append(dev_log_entry(0, before))
+
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            step = state.global_step
+            if step == state.max_steps or (cfg.dev_every and step % cfg.dev_every == 0):
+                score = dev_accuracy(model, tokenizer, dev, cfg)
+                log.info("Dev at step %d: %s", step, score)
+                points.append({"step": step, **score})
+                state.log_history.append(dev_log_entry(step, score))
+
+    return DevCurve()
+
+
 def load_start_policy(cfg: MiniGRPOConfig) -> tuple[Any, Any, MiniGRPOConfig]:
     """(model, tokenizer, cfg): the base model with the init adapter made trainable; cfg then has
     lora disabled (the trainer must not wrap a second adapter around it)."""
@@ -168,6 +207,9 @@ def run_mini_grpo(cfg: MiniGRPOConfig) -> Path:
         scores["before"] = dev_accuracy(model, tokenizer, dev, cfg)
         log.info("Dev before GRPO: %s", scores["before"])
     trainer = build_trainer(cfg, train, model=model, tokenizer=tokenizer)
+    points: list[dict[str, Any]] = []
+    if dev:
+        trainer.add_callback(dev_curve_callback(dev, tokenizer, cfg, scores.get("before"), points))
     started = time.monotonic()
     try:
         trainer.train()
@@ -178,7 +220,13 @@ def run_mini_grpo(cfg: MiniGRPOConfig) -> Path:
     tokenizer.save_pretrained(str(out))
     write_report(trainer.state.log_history, out)
     if dev:
-        scores["after"] = dev_accuracy(trainer.model, tokenizer, dev, cfg)
+        last = trainer.state.global_step
+        if points and points[-1]["step"] == last:
+            scores["after"] = {k: v for k, v in points[-1].items() if k != "step"}
+        else:  # a resumed run that had already finished: score the saved policy
+            scores["after"] = dev_accuracy(trainer.model, tokenizer, dev, cfg)
+        curve = [e for e in trainer.state.log_history if "dev/accuracy" in e]
+        scores["curve"] = [{k.removeprefix("dev/"): v for k, v in e.items()} for e in curve]
         log.info("Dev after GRPO: %s", scores["after"])
     (out / "dev_accuracy.json").write_text(json.dumps(scores, indent=1))
     return out
