@@ -11,7 +11,8 @@ policy, env_mask, the paper's rewards, the temperature schedule), with two diffe
   measured before training, every `dev_every` optimizer steps and after the last one, and written
   to `<output_dir>/dev_accuracy.json` ("before", "curve", "after") and into the training log, so
   training_curves.png shows it beside the rollout metrics: the per-step rollout accuracy is over a
-  few new problems each step (noise), the dev curve is over the same problems each time. `dev_before` names another run's dev_accuracy.json whose "before"
+  few new problems each step (noise), the dev curve is over the same problems each time.
+  `dev_before` names another run's dev_accuracy.json whose "before"
   score is reused when it was measured on the same adapter (by content hash), dev set, prompt and
   agent limits (greedy, so it would be the same number): `example.sh mini` starts both GRPO runs
   from one SFT adapter and scores it once.
@@ -139,12 +140,10 @@ def dev_log_entry(step: int, score: dict[str, float]) -> dict[str, float]:
     return {"step": step, **{f"dev/{k}": float(v) for k, v in score.items() if k != "n"}}
 
 
-def dev_curve_callback(
-    dev: list, tokenizer: Any, cfg: MiniGRPOConfig, before: dict | None, points: list
-) -> Any:
+def dev_curve_callback(dev: list, tokenizer: Any, cfg: MiniGRPOConfig, before: dict | None) -> Any:
     """A TrainerCallback scoring the policy on `dev` after every `cfg.dev_every`-th optimizer step
-    and after the last one; each score goes to `points` and to the trainer's log history (which
-    checkpoints keep, so a resumed run's curve is whole). `before` is logged as step 0."""
+    and after the last one; each score goes to the trainer's log history (which checkpoints keep,
+    so a resumed run's curve is whole). `before` is logged as step 0."""
     from transformers import TrainerCallback
 
     class DevCurve(TrainerCallback):
@@ -157,7 +156,6 @@ def dev_curve_callback(
             if step == state.max_steps or (cfg.dev_every and step % cfg.dev_every == 0):
                 score = dev_accuracy(model, tokenizer, dev, cfg)
                 log.info("Dev at step %d: %s", step, score)
-                points.append({"step": step, **score})
                 state.log_history.append(dev_log_entry(step, score))
 
     return DevCurve()
@@ -207,9 +205,8 @@ def run_mini_grpo(cfg: MiniGRPOConfig) -> Path:
         scores["before"] = dev_accuracy(model, tokenizer, dev, cfg)
         log.info("Dev before GRPO: %s", scores["before"])
     trainer = build_trainer(cfg, train, model=model, tokenizer=tokenizer)
-    points: list[dict[str, Any]] = []
     if dev:
-        trainer.add_callback(dev_curve_callback(dev, tokenizer, cfg, scores.get("before"), points))
+        trainer.add_callback(dev_curve_callback(dev, tokenizer, cfg, scores.get("before")))
     started = time.monotonic()
     try:
         trainer.train()
@@ -220,13 +217,12 @@ def run_mini_grpo(cfg: MiniGRPOConfig) -> Path:
     tokenizer.save_pretrained(str(out))
     write_report(trainer.state.log_history, out)
     if dev:
-        last = trainer.state.global_step
-        if points and points[-1]["step"] == last:
-            scores["after"] = {k: v for k, v in points[-1].items() if k != "step"}
-        else:  # a resumed run that had already finished: score the saved policy
-            scores["after"] = dev_accuracy(trainer.model, tokenizer, dev, cfg)
         curve = [e for e in trainer.state.log_history if "dev/accuracy" in e]
         scores["curve"] = [{k.removeprefix("dev/"): v for k, v in e.items()} for e in curve]
+        if curve and curve[-1]["step"] == trainer.state.global_step:  # scored at the last step
+            scores["after"] = {**{k: v for k, v in scores["curve"][-1].items() if k != "step"}, "n": len(dev)}
+        else:  # no dev score logged at the last step (a checkpoint from before this feature)
+            scores["after"] = dev_accuracy(trainer.model, tokenizer, dev, cfg)
         log.info("Dev after GRPO: %s", scores["after"])
     (out / "dev_accuracy.json").write_text(json.dumps(scores, indent=1))
     return out
