@@ -49,8 +49,8 @@ class TimedSandbox:
     def __init__(self, inner, clock):
         self.inner, self.clock = inner, clock
 
-    def session(self):
-        real = self.inner.session()
+    def session(self, seed: int | None = None):
+        real = self.inner.session(seed=seed)
         clock = self.clock
 
         class Session:

@@ -4,6 +4,7 @@
     python bench/training_step.py --traces 8 --max-agent-output 128 --examples deep_math/fewshot.txt
     python bench/training_step.py --skip-speedup --set train.gradient_checkpointing=true   # any override
     python bench/training_step.py --compare train.gradient_checkpointing=true --examples deep_math/fewshot.txt
+    python bench/training_step.py --mini outputs/mini/sft --skip-speedup   # a mini_grpo step
 
 Part 1 runs one GRPO step of the default config (`configs/training.yaml`: LoRA, 4 traces of the
 agent with local policy rollouts) and splits its wall time into
@@ -51,8 +52,8 @@ class TimedSandbox:
     def snippets(self) -> int:
         return self.clock.entries
 
-    def session(self):
-        session = self.inner.session()
+    def session(self, seed: int | None = None):
+        session = self.inner.session(seed)
         run = session.run
 
         def timed_run(*args, **kwargs):
@@ -98,14 +99,24 @@ def one_grpo_step(args) -> dict:
         f"prompt.examples={args.examples or 'null'}",
         *args.set,
     ]
+    if args.mini:  # the mini_grpo step: its config, continuing the SFT adapter
+        from deep_math.training.mini_grpo import load_mini_grpo_config, load_start_policy
+
+        overrides += [f"init_adapter={args.mini}", "dev_eval=null"]
     with initialize_config_dir(config_dir=str(REPO / "configs"), version_base=None):
-        cfg = load_training_config(compose(config_name="training", overrides=overrides))
+        if args.mini:
+            cfg = load_mini_grpo_config(compose(config_name="mini_grpo", overrides=overrides))
+        else:
+            cfg = load_training_config(compose(config_name="training", overrides=overrides))
     times: dict[str, float] = {}
     a = cfg.agent
     sandbox = TimedSandbox(
         Sandbox(timeout=a.sandbox_timeout, memory_mb=a.sandbox_memory_mb, max_output_chars=a.max_output_chars)
     )
-    model, tokenizer = builders.load_policy(cfg)
+    if args.mini:
+        model, tokenizer, cfg = load_start_policy(cfg)
+    else:
+        model, tokenizer = builders.load_policy(cfg)
     source = PolicyTraceSource(cfg.agent, tokenizer, sandbox=sandbox)
     train, _ = builders.load_train_problems(cfg)
     with warnings.catch_warnings():
@@ -177,7 +188,7 @@ def compare(args) -> None:
     """The step without and with `args.compare`, each in its own process, same seeded rollouts."""
     base = [sys.executable, __file__, "--skip-speedup", "--child-json", "-", "--max-agent-output",
             str(args.max_agent_output), *(["--examples", args.examples] if args.examples else []),
-            "--set", f"rollout.seed={args.seed}"]  # fmt: skip
+            "--set", f"rollout.seed={args.seed}", *(["--mini", args.mini] if args.mini else [])]  # fmt: skip
     for override in args.set:
         base += ["--set", override]
     results = {}
@@ -218,6 +229,10 @@ def main() -> None:
     parser.add_argument(
         "--compare", action="append", default=[], metavar="KEY=VALUE",
         help="run the step without and with this override side by side (fresh processes)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--mini", metavar="ADAPTER", default=None,
+        help="time a mini_grpo step instead (configs/mini_grpo.yaml, continuing this SFT adapter)",
     )  # fmt: skip
     parser.add_argument("--seed", type=int, default=0, help="rollout seed of --compare runs")
     parser.add_argument("--child-json", help=argparse.SUPPRESS)

@@ -64,8 +64,11 @@ def load_mini_grpo_config(cfg: Any) -> MiniGRPOConfig:
         raise ConfigError(str(exc)) from exc
 
 
-def dev_accuracy(model: Any, tokenizer: Any, problems: list, cfg: TrainingConfig) -> dict[str, float]:
-    """Greedy agent traces of `model` on `problems`: mean accuracy reward, tool use, model tokens."""
+def dev_accuracy(
+    model: Any, tokenizer: Any, problems: list, cfg: TrainingConfig, prefix_cache: bool = True
+) -> dict[str, float]:
+    """Greedy agent traces of `model` on `problems`: mean accuracy reward, tool use, model tokens.
+    `prefix_cache`: prefill the prompts' shared prefix once (bench/mini_dev_eval.py compares)."""
     from deep_math.agent.runner import AgentRunner
     from deep_math.engines.base import SamplingParams
     from deep_math.engines.transformers import TransformersEngine
@@ -76,7 +79,11 @@ def dev_accuracy(model: Any, tokenizer: Any, problems: list, cfg: TrainingConfig
     prompts = [build_prompt_ids(tokenizer, p.problem, cfg.prompt.template, examples) for p in problems]
     was_training = model.training
     model.eval()
-    engine = TransformersEngine(model=model, tokenizer=tokenizer, max_batch_size=len(prompts))
+    # The prefix cache is safe here (off by default for a passed-in model): the engine lives for
+    # this one call, and the weights do not change during it.
+    engine = TransformersEngine(
+        model=model, tokenizer=tokenizer, max_batch_size=len(prompts), prefix_cache=prefix_cache
+    )
     try:
         with AgentRunner(engine, cfg.agent) as runner:
             traces = runner.run(

@@ -16,12 +16,17 @@ scored as wrong answers.
   generation) it is 0.0.
 - `code_use_gated`: 1.0 when the trace ran a snippet successfully and its answer is correct, else
   0.0 (the Mini-DeepMath variant: code use never pays for a wrong answer).
+- `brevity`: for a correct answer, `1 - model_tokens / BREVITY_SCALE` (floored at 0), else 0.0: the
+  paper's 5k cap made explicit for traces far below any cap. Only the model's own tokens count (tool
+  output is the sandbox's), and a wrong answer never earns it, so brevity cannot outrank
+  correctness. GRPO normalises rewards within a group, so in a group of correct traces the
+  advantage follows the length alone whatever the scale or weight.
 
 The paper's weights are accuracy 0.1, code_use 1.0 (`DEFAULT_REWARD_WEIGHTS`).
 
 A name with a dot is an import path `package.module.function` (as in TRL's GRPO script), for a
-reward of your own without editing this module, e.g. `++rewards={my_rewards.brevity:0.5}` on the
-command line (`++` because Hydra would read the dots of `+rewards.my_rewards.brevity` as nesting).
+reward of your own without editing this module, e.g. `++rewards={my_rewards.short_text:0.5}` on the
+command line (`++` because Hydra would read the dots of `+rewards.my_rewards.short_text` as nesting).
 """
 
 from __future__ import annotations
@@ -132,10 +137,33 @@ def code_use_gated(completions: Sequence[Any], **kwargs: Any) -> list[float | No
     return [None if u is None or r is None else u * r for u, r in zip(used, right, strict=True)]
 
 
+BREVITY_SCALE = 256
+"""Model tokens at which `brevity` reaches 0 (the mini recipe's traces are ~55 model tokens)."""
+
+
+def brevity(
+    completions: Sequence[Any], model_tokens: Sequence[int] | None = None, **kwargs: Any
+) -> list[float | None]:
+    """1 - model_tokens / BREVITY_SCALE (at least 0) for a correct answer, else 0.0 (None: failed
+    trace). Needs the rollout's `model_tokens` column: a plain generation has none, and this reward
+    then raises instead of silently scoring every completion as long."""
+    if model_tokens is None:
+        raise ValueError(
+            "the brevity reward needs the rollout's 'model_tokens' column; it is set by the agentic "
+            "rollout (deep_math.training.rollout), so train with the agent or drop 'brevity' from rewards"
+        )
+    right = accuracy(completions, **kwargs)
+    return [
+        None if r is None else r * max(0.0, 1.0 - int(n) / BREVITY_SCALE)
+        for r, n in zip(right, model_tokens, strict=True)
+    ]
+
+
 REWARDS: dict[str, RewardFunc] = {
     "accuracy": accuracy,
     "code_use": code_use,
     "code_use_gated": code_use_gated,
+    "brevity": brevity,
 }
 
 

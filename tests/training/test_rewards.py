@@ -73,7 +73,7 @@ def test_build_rewards_defaults_and_order():
     [
         (
             {"acuracy": 1.0},
-            r"Unknown reward 'acuracy'\. Did you mean 'accuracy'\? Available: \['accuracy', 'code_use', 'code_use_gated'\]",
+            r"Unknown reward 'acuracy'\. Did you mean 'accuracy'\? Available: \['accuracy', 'brevity', 'code_use', 'code_use_gated'\]",
         ),
         ({}, "rewards is empty"),
         ({"accuracy": "high"}, "must be a number"),
@@ -88,7 +88,7 @@ def test_bad_reward_config_fails_with_the_fix(weights, message):
 def reward_module(tmp_path, monkeypatch):
     """An importable module `my_rewards` with one reward function and one non-callable."""
     (tmp_path / "my_rewards.py").write_text(
-        "def brevity(completions, **kwargs):\n"
+        "def short_text(completions, **kwargs):\n"
         "    return [1.0 / (1 + len(c)) for c in completions]\n"
         "NOT_A_FUNCTION = 3\n"
     )
@@ -97,8 +97,8 @@ def reward_module(tmp_path, monkeypatch):
 
 
 def test_dotted_reward_names_are_imported(reward_module):
-    funcs, weights = build_rewards({"accuracy": 0.1, f"{reward_module}.brevity": 0.5})
-    assert [f.__name__ for f in funcs] == ["accuracy", "brevity"] and weights == [0.1, 0.5]
+    funcs, weights = build_rewards({"accuracy": 0.1, f"{reward_module}.short_text": 0.5})
+    assert [f.__name__ for f in funcs] == ["accuracy", "short_text"] and weights == [0.1, 0.5]
     assert funcs[1](["a", "abc"]) == [0.5, 0.25]
 
 
@@ -124,9 +124,9 @@ def test_dotted_reward_from_the_command_line(reward_module):
 
     configs = REPO / "configs"
     with initialize_config_dir(config_dir=str(configs), version_base=None):
-        raw = compose("training", overrides=["++rewards={my_rewards.brevity:0.5}"])
+        raw = compose("training", overrides=["++rewards={my_rewards.short_text:0.5}"])
     cfg = load_training_config(raw)
-    assert cfg.rewards == {"accuracy": 0.1, "code_use": 1.0, "my_rewards.brevity": 0.5}
+    assert cfg.rewards == {"accuracy": 0.1, "code_use": 1.0, "my_rewards.short_text": 0.5}
 
 
 def test_accuracy_never_credits_a_box_printed_by_a_snippet():

@@ -65,7 +65,7 @@ def test_grpo_args_are_valid_trl_1_16_arguments(tmp_path):
         (["+train.lerning_rate=1e-5"], r"'lerning_rate'.*Did you mean 'learning_rate'"),
         (
             ["+rewards.acc=1.0"],
-            r"Unknown reward 'acc'.*Available: \['accuracy', 'code_use', 'code_use_gated'\]",
+            r"Unknown reward 'acc'.*Available: \['accuracy', 'brevity', 'code_use', 'code_use_gated'\]",
         ),
         (
             ["temperature.temp_a_step=1000", "temperature.temp_b_step=200"],
