@@ -32,6 +32,7 @@ MAIN_COLUMNS = [
     ("dev/accuracy", "dev acc", "{:.3f}"),
     ("dev/model_tokens", "dev tokens", "{:.0f}"),
     ("completions/clipped_ratio", "clipped", "{:.2f}"),
+    ("frac_reward_zero_std", "no-signal groups", "{:.2f}"),
     ("kl", "KL", "{:.4f}"),
     ("entropy", "entropy", "{:.2f}"),
     ("temperature", "temp", "{:.3f}"),
@@ -162,6 +163,7 @@ PANELS = [
     ("dev model tokens (mean per trace)", [("dev/model_tokens", "model tokens")]),
     ("KL to the reference", [("kl", "KL")]),
     ("entropy", [("entropy", "entropy")]),
+    ("groups with equal rewards (advantage 0: no learning signal)", [("frac_reward_zero_std", "share")]),
     ("sampling / loss temperature", [("temperature", "temperature")]),
 ]  # fmt: skip
 

@@ -69,6 +69,18 @@ def test_table_has_every_reward_and_skips_metrics_never_logged():
     assert "3 logged steps" in md and "12 s" in md
 
 
+def test_groups_without_learning_signal_get_a_column():
+    """TRL's frac_reward_zero_std: the share of groups whose rewards are all equal (advantage 0)."""
+    entries = history(2)
+    entries[1]["frac_reward_zero_std"] = 0.75
+    rows, summary = step_rows(entries)
+    md = summary_markdown(rows, summary)
+    columns = [c.strip() for c in md.splitlines()[0].strip("|").split("|")]
+    assert "no-signal groups" in columns
+    last = [c.strip() for c in md.splitlines()[3].strip("|").split("|")]
+    assert last[0] == "2" and last[columns.index("no-signal groups")] == "0.75"
+
+
 def test_report_files(tmp_path):
     paths = write_training_report(history(4), tmp_path / "run")
     with open(paths["log"]) as f:
