@@ -215,6 +215,13 @@ def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.1f}"
 
 
+def pair_cells(pair: dict[str, Any]) -> list[str]:
+    """One paired comparison's flip counts as table cells: "B vs A", shared problems, solved by B
+    only, by A only, by both, by neither."""
+    keys = ("shared", "b_only", "a_only", "both", "neither")
+    return [f"{pair['b']} vs {pair['a']}", *(str(pair[k]) for k in keys)]
+
+
 def comparison_markdown(comp: dict[str, Any]) -> str:
     from deep_math.evaluation.report import markdown_table
 
@@ -254,17 +261,7 @@ def comparison_markdown(comp: dict[str, Any]) -> str:
     for p in comp["pairs"]:
         ci = p["interval"]
         diff = f"{100 * p['difference']:+.1f}" + (f" [{100 * ci[0]:+.1f}, {100 * ci[1]:+.1f}]" if ci else "")
-        pair_rows.append(
-            [
-                f"{p['b']} vs {p['a']}",
-                str(p["shared"]),
-                str(p["b_only"]),
-                str(p["a_only"]),
-                str(p["both"]),
-                str(p["neither"]),
-                diff,
-            ]
-        )
+        pair_rows.append([*pair_cells(p), diff])
     lines += ["", "### Flips between arms" if comp["by_arm"] else "### Flips between runs", ""]
     lines += markdown_table(
         [

@@ -254,18 +254,7 @@ def _summary_html(runs: list[EvaluatedRun], paired: dict[str, Any] | None) -> st
         for p in paired["pairs"]:
             ci = p["interval"]
             interval = f"[{100 * ci[0]:+.1f}, {100 * ci[1]:+.1f}]" if ci else "-"
-            pair_rows.append(
-                [
-                    f"{p['b']} vs {p['a']}",
-                    str(p["shared"]),
-                    str(p["b_only"]),
-                    str(p["a_only"]),
-                    str(p["both"]),
-                    str(p["neither"]),
-                    f"{100 * p['difference']:+.1f}",
-                    interval,
-                ]
-            )
+            pair_rows.append([*arms_mod.pair_cells(p), f"{100 * p['difference']:+.1f}", interval])
         boot = paired["bootstrap"]
         parts.append(
             _table(
